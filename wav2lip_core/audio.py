@@ -1,0 +1,189 @@
+"""Audio: encoded bytes → samples → 16 kHz mono → Wav2Lip mel spectrogram → per-frame chunks.
+
+Decoding tries libsndfile first (wav/flac/ogg/mp3, fast, header gives the duration before any
+decoding) and falls back to PyAV's FFmpeg for the rest (opus, webm, m4a/aac, …). Resampling uses
+soxr at "HQ", as `librosa.load(path, sr=16000)` does in the original `inference.py`.
+The mel spectrogram re-implements Wav2Lip's `audio.py` + `hparams.py` in numpy; the tests check it
+against librosa.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import BadRequest, LimitExceeded, UnsupportedMedia
+
+SAMPLE_RATE = 16_000  # Wav2Lip hparams.sample_rate
+N_FFT = 800  # 50 ms window
+HOP = 200  # 12.5 ms hop → 80 mel columns per second
+WIN = 800
+N_MELS = 80
+FMIN, FMAX = 55.0, 7600.0
+PREEMPHASIS = 0.97
+REF_LEVEL_DB = 20.0
+MIN_LEVEL_DB = -100.0
+MAX_ABS_VALUE = 4.0  # symmetric normalisation to [-4, 4], clipped
+MEL_STEP = 16  # 16 mel columns = 0.2 s of audio per video frame
+MEL_PER_SECOND = SAMPLE_RATE / HOP  # 80.0
+
+
+@dataclass
+class Audio:
+    """Decoded audio at its native rate: `samples` is (n, channels) float32 in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / self.sample_rate
+
+
+def decode_audio(data: bytes, max_seconds: float) -> Audio:
+    """Decode any supported container/codec; refuse empty, undecodable or over-long audio."""
+    if not data:
+        raise BadRequest("audio is empty", code="empty_audio")
+    try:
+        audio = _decode_soundfile(data, max_seconds)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        audio = None  # not a format libsndfile knows: let FFmpeg try
+    if audio is None:
+        audio = _decode_pyav(data, max_seconds)
+    if audio.samples.shape[0] == 0:
+        raise BadRequest("audio has no samples", code="empty_audio")
+    if not np.isfinite(audio.samples).all():
+        raise UnsupportedMedia("audio contains NaN or infinite samples", code="bad_audio")
+    return audio
+
+
+def _too_long(seconds: float, max_seconds: float) -> LimitExceeded:
+    return LimitExceeded(f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s", code="audio_too_long")
+
+
+def _decode_soundfile(data: bytes, max_seconds: float) -> Audio:
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        if f.frames > 0 and f.frames / f.samplerate > max_seconds:
+            raise _too_long(f.frames / f.samplerate, max_seconds)
+        samples = f.read(dtype="float32", always_2d=True)
+        return Audio(samples, int(f.samplerate))
+
+
+def _decode_pyav(data: bytes, max_seconds: float) -> Audio:
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise UnsupportedMedia("the audio file has no audio track", code="no_audio_track")
+            stream = container.streams.audio[0]
+            rate = stream.rate or stream.codec_context.sample_rate
+            if not rate:
+                raise UnsupportedMedia("the audio track has no sample rate", code="bad_audio")
+            limit = int(max_seconds * rate) + 1
+            to_float = av.AudioResampler(format="fltp")  # any sample format → planar float32
+            chunks, total = [], 0
+            for frame in container.decode(stream):
+                for out in to_float.resample(frame):
+                    pcm = out.to_ndarray()  # (channels, n)
+                    chunks.append(pcm.T)
+                    total += pcm.shape[1]
+                if total > limit:
+                    raise _too_long(total / rate, max_seconds)
+            chunks += [out.to_ndarray().T for out in to_float.resample(None)]  # flush
+    except av.FFmpegError as e:
+        raise UnsupportedMedia(f"could not decode the audio: {e}", code="bad_audio") from e
+    if not chunks:
+        raise BadRequest("audio has no samples", code="empty_audio")
+    return Audio(np.concatenate(chunks, axis=0), int(rate))
+
+
+def to_16k_mono(audio: Audio) -> np.ndarray:
+    """Mix to mono (channel mean) and resample to 16 kHz with soxr HQ, like `librosa.load(sr=16000)`."""
+    mono = audio.samples.mean(axis=1, dtype=np.float32)
+    if audio.sample_rate == SAMPLE_RATE:
+        return mono
+    n_out = math.ceil(mono.shape[0] * SAMPLE_RATE / audio.sample_rate)
+    out = soxr.resample(mono, audio.sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    # librosa.util.fix_length: trim or zero-pad to ceil(n · ratio)
+    return out[:n_out] if out.shape[0] >= n_out else np.pad(out, (0, n_out - out.shape[0]))
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's auditory-toolbox mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    logstep = np.log(6.4) / 27.0
+    lin = hz / f_sp
+    return np.where(hz >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, lin)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+@lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """(80, 401) triangular filters with Slaney area normalisation (librosa.filters.mel defaults)."""
+    fft_freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(FMIN), _hz_to_mel(FMAX), N_MELS + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    return weights.astype(np.float32)  # librosa stores the basis as float32
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    n = np.arange(WIN)
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN)  # periodic Hann, scipy get_window("hann")
+
+
+def melspectrogram(wav_16k: np.ndarray) -> np.ndarray:
+    """Wav2Lip's `audio.melspectrogram`: (80, 1 + len // 200) float32 in [-4, 4], never NaN."""
+    y = np.asarray(wav_16k, dtype=np.float64)
+    y = np.append(y[:1], y[1:] - PREEMPHASIS * y[:-1])  # scipy.signal.lfilter([1, -k], [1], y)
+    # librosa.stft(center=True) pads n_fft // 2 zeros on both sides (pad_mode "constant" since 0.10)
+    y = np.pad(y, (N_FFT // 2, N_FFT // 2))
+    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]
+    magnitude = np.abs(np.fft.rfft(frames * _window(), axis=1))  # (T, 401)
+    mel = mel_basis() @ magnitude.T  # (80, T)
+    min_level = np.exp(MIN_LEVEL_DB / 20.0 * np.log(10.0))
+    db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
+    norm = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
+    return np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def frame_count(n_samples: int, sample_rate: int, fps: float) -> int:
+    """Video frames that cover the whole audio: ceil(duration × fps), at least one."""
+    return max(1, math.ceil(n_samples * fps / sample_rate - 1e-9))
+
+
+def chunk_starts(n_frames: int, n_mel: int, fps: float) -> np.ndarray:
+    """Mel column where frame i's 16-column window starts: int(i · 80 / fps), as the original.
+
+    Past the end of the spectrogram the original uses the last 16 columns; so do we, for every frame
+    the original would have dropped.
+    """
+    mult = 80.0 / fps  # computed as in inference.py so float rounding agrees
+    starts = np.array([int(i * mult) for i in range(n_frames)], dtype=np.int64)
+    return np.minimum(starts, max(0, n_mel - MEL_STEP))
+
+
+def mel_chunks(mel: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames, 80, 16) float32 windows; audio shorter than 0.2 s is padded with silence (−4)."""
+    if mel.shape[1] < MEL_STEP:
+        mel = np.pad(mel, ((0, 0), (0, MEL_STEP - mel.shape[1])), constant_values=-MAX_ABS_VALUE)
+    starts = chunk_starts(n_frames, mel.shape[1], fps)
+    windows = np.lib.stride_tricks.sliding_window_view(mel, MEL_STEP, axis=1)  # (80, T-15, 16)
+    return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2))

@@ -1,0 +1,81 @@
+"""Crop, mask and paste-back, exactly as Wav2Lip's `inference.py` (pure numpy/cv2).
+
+Boxes are (x1, y1, x2, y2) pixels with x2/y2 exclusive: the crop is `frame[y1:y2, x1:x2]`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+IMG_SIZE = 96  # Wav2Lip's face crop side
+PASTE_MODES = ("box", "feather")
+
+Box = tuple[int, int, int, int]
+
+
+def round_to_even(frame: np.ndarray) -> np.ndarray:
+    """Drop a last odd row/column: H.264 yuv420p needs even sides, and no pixel moves."""
+    h, w = frame.shape[:2]
+    return frame[: h - h % 2, : w - w % 2]
+
+
+def limit_side(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Downscale so the longer side is ≤ max_side (0: no limit); returns the frame and its scale."""
+    h, w = frame.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return frame, 1.0
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+
+
+def face_input(frame: np.ndarray, box: Box) -> np.ndarray:
+    """(6, 96, 96) float32: lower-half-masked crop and the crop itself, BGR, / 255 (inference.py)."""
+    x1, y1, x2, y2 = box
+    face = cv2.resize(frame[y1:y2, x1:x2], (IMG_SIZE, IMG_SIZE))
+    masked = face.copy()
+    masked[IMG_SIZE // 2 :] = 0
+    stacked = np.concatenate((masked, face), axis=2) / 255.0  # float64 like the original, then cast
+    return np.ascontiguousarray(stacked.transpose(2, 0, 1), dtype=np.float32)
+
+
+def to_mouths(pred: np.ndarray) -> np.ndarray:
+    """Generator output (B, 3, 96, 96) in [0, 1] → (B, 96, 96, 3) uint8, truncated like `astype`."""
+    return (pred.transpose(0, 2, 3, 1) * 255.0).astype(np.uint8)
+
+
+def feather_mask(box: Box) -> np.ndarray:
+    """(h, w, 1) float32 alpha: 1 on the lower face, fading to 0 at the box edges and above the nose."""
+    x1, y1, x2, y2 = box
+    h, w = y2 - y1, x2 - x1
+    ys = np.clip((np.arange(h) / max(1, h) - 0.45) / 0.15, 0.0, 1.0)  # ramp in from 45 % to 60 % height
+    edge = max(2, min(h, w) // 12)
+    ramp = lambda n: np.minimum(1.0, np.minimum(np.arange(n) + 1, np.arange(n)[::-1] + 1) / edge)
+    alpha = np.minimum(ys, ramp(h))[:, None] * ramp(w)[None, :]
+    return alpha[:, :, None].astype(np.float32)
+
+
+class Paster:
+    """Pastes mouths into one reusable frame buffer: only the box region ever changes."""
+
+    def __init__(self, frame: np.ndarray, box: Box, mode: str = "box"):
+        if mode not in PASTE_MODES:
+            raise ValueError(f"paste mode must be one of {PASTE_MODES}, got {mode!r}")
+        self.frame = frame.copy()
+        self.box = box
+        x1, y1, x2, y2 = box
+        self.size = (x2 - x1, y2 - y1)
+        self.region = self.frame[y1:y2, x1:x2]
+        self.original = self.region.astype(np.float32) if mode == "feather" else None
+        self.alpha = feather_mask(box) if mode == "feather" else None
+
+    def paste(self, mouth: np.ndarray) -> np.ndarray:
+        """Resize a 96×96 mouth crop to the box and write it into the frame, which is returned."""
+        patch = cv2.resize(mouth, self.size)
+        if self.alpha is None:
+            self.region[...] = patch
+        else:
+            blended = self.original + self.alpha * (patch.astype(np.float32) - self.original)
+            self.region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        return self.frame

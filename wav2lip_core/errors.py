@@ -1,0 +1,72 @@
+"""Typed errors: each carries the HTTP status and a stable machine-readable code.
+
+The server maps any `LipSyncError` to `{"error": {"code", "message"}}`; the CLI prints the message.
+Codes are part of the API contract: never rename one.
+"""
+
+from __future__ import annotations
+
+
+class LipSyncError(Exception):
+    """Base class: `status` is the HTTP status, `code` the stable error code."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(LipSyncError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(LipSyncError):
+    status, code = 401, "unauthorized"
+
+
+class PayloadTooLarge(LipSyncError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMedia(LipSyncError):
+    status, code = 415, "unsupported_media"
+
+
+class NoFace(LipSyncError):
+    status, code = 422, "no_face"
+
+
+class LimitExceeded(LipSyncError):
+    """Media that decodes but is over a configured limit (duration, pixels)."""
+
+    status, code = 422, "limit_exceeded"
+
+
+class Busy(LipSyncError):
+    status, code = 503, "busy"
+
+
+class NotReady(LipSyncError):
+    status, code = 503, "not_ready"
+
+
+class DeadlineExceeded(LipSyncError):
+    status, code = 504, "deadline_exceeded"
+
+
+class ModelsMissing(LipSyncError):
+    """The IR is absent or incomplete; the message names the command that creates it."""
+
+    status, code = 503, "models_missing"
+
+
+class CheckpointError(LipSyncError):
+    """A PyTorch checkpoint given to the converter is missing, unreadable or of the wrong shape."""
+
+    code = "bad_checkpoint"

@@ -1,0 +1,55 @@
+"""Prometheus metrics, correct under several gunicorn workers (prometheus_client multiprocess mode).
+
+gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before any worker imports this module; without it
+(a single process, tests) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+if TYPE_CHECKING:
+    from .pipeline import Result
+
+REQUESTS = Counter("lipsync_requests_total", "API requests by HTTP status", ["status"])
+LATENCY = Histogram("lipsync_request_seconds", "API request latency", buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 300))
+FRAMES = Counter("lipsync_frames_generated_total", "Video frames generated")
+IN_FLIGHT = Gauge("lipsync_in_flight_requests", "Requests being computed", multiprocess_mode="livesum")
+CACHE = Counter("lipsync_face_cache_total", "Face box lookups by outcome", ["outcome"])
+
+
+def observe(status: int, seconds: float) -> None:
+    """Count one API response and its latency."""
+    REQUESTS.labels(status=str(status)).inc()
+    LATENCY.observe(seconds)
+
+
+def record_result(result: Result) -> None:
+    """Count the frames of a successful request and whether detection was skipped."""
+    FRAMES.inc(result.frames)
+    CACHE.labels(outcome="hit" if result.detect_cached else "miss").inc()
+
+
+@contextmanager
+def in_flight() -> Iterator[None]:
+    IN_FLIGHT.inc()
+    try:
+        yield
+    finally:
+        IN_FLIGHT.dec()
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of all workers (multiprocess) or of this process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,203 @@
+"""The data path, top to bottom: decode → mel → face box → generator → paste → MP4.
+
+`LipSync.load()` compiles the models once (per gunicorn worker, after fork); `run()` serves one
+request and may be called from several threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from . import audio as A
+from .compose import PASTE_MODES, Box, Paster, face_input, limit_side, round_to_even
+from .config import Settings
+from .detect import BlazeFaceDetector, FaceFinder, S3FDDetector
+from .errors import BadRequest, DeadlineExceeded, ModelsMissing
+from .generator import Generator, cpu_properties
+from .image import decode_image
+from .video import Mp4Writer
+
+log = logging.getLogger(__name__)
+
+CONVERT_HINT = "python convert_to_openvino.py --random-init 0 --out {d}   (or: make models)"
+DEFAULT_PADS = (0, 10, 0, 0)  # inference.py: top, bottom, left, right
+
+
+@dataclass
+class Options:
+    """Per-request options; validated by `check()` against the decoded frame."""
+
+    fps: float = 25.0
+    pads: tuple[int, int, int, int] = DEFAULT_PADS
+    box: Box | None = None
+    paste: str = "box"
+
+    def check(self, width: int, height: int) -> None:
+        """Raise BadRequest naming the first invalid option."""
+        if not 1 <= self.fps <= 60:
+            raise BadRequest(f"fps must be between 1 and 60, got {self.fps}", code="invalid_fps")
+        if self.paste not in PASTE_MODES:
+            raise BadRequest(f"paste must be one of {list(PASTE_MODES)}, got {self.paste!r}", code="invalid_paste")
+        if self.box is not None:
+            x1, y1, x2, y2 = self.box
+            if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+                raise BadRequest(
+                    f"box {list(self.box)} must satisfy 0 ≤ x1 < x2 ≤ {width} and 0 ≤ y1 < y2 ≤ {height} (image {width}×{height})",
+                    code="invalid_box",
+                )
+
+
+@dataclass
+class Result:
+    """One lip-synced clip and what it took."""
+
+    mp4: bytes
+    duration_s: float
+    fps: float
+    frames: int
+    width: int
+    height: int
+    face_box: Box
+    detect_cached: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    """Accumulates wall time per stage."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1000
+        self._t = now
+
+
+def read_manifest(models_dir: Path) -> dict:
+    """The converter's manifest, or ModelsMissing naming the command that creates it."""
+    path = models_dir / "manifest.json"
+    if not path.is_file():
+        raise ModelsMissing(f"no OpenVINO IR in {models_dir}/ (manifest.json missing). Create it with: {CONVERT_HINT.format(d=models_dir)}")
+    manifest = json.loads(path.read_text())
+    for name in ("wav2lip", manifest["detector"]):
+        if not (models_dir / manifest["models"][name]["file"]).is_file():
+            raise ModelsMissing(
+                f"{models_dir}/{manifest['models'][name]['file']} is missing. Recreate it with: {CONVERT_HINT.format(d=models_dir)}"
+            )
+    return manifest
+
+
+class LipSync:
+    """Compiled generator + detector; thread-safe `run()`."""
+
+    def __init__(self, settings: Settings, manifest: dict, generator: Generator, finder: FaceFinder):
+        self.settings = settings
+        self.manifest = manifest
+        self.generator = generator
+        self.finder = finder
+
+    @classmethod
+    def load(cls, settings: Settings) -> LipSync:
+        """Compile the IR in `settings.models_dir` and warm it up with one tiny request."""
+        manifest = read_manifest(settings.models_dir)
+        core = ov.Core()
+        if settings.cache_dir is not None:
+            core.set_property({"CACHE_DIR": str(settings.cache_dir)})
+        props = cpu_properties(core, settings.precision, settings.threads())
+        generator = Generator.load(core, settings.models_dir / manifest["models"]["wav2lip"]["file"], settings.batch_size, props)
+        name = manifest["detector"]
+        det_props = {k: v for k, v in props.items() if k != "INFERENCE_PRECISION_HINT"}
+        compiled = core.compile_model(settings.models_dir / manifest["models"][name]["file"], "CPU", det_props)
+        detector = S3FDDetector(compiled) if name == "s3fd" else BlazeFaceDetector(compiled)
+        if manifest["models"]["wav2lip"].get("weights") == "random":
+            log.warning("the generator in %s has RANDOM weights (converted with --random-init): mouths are noise", settings.models_dir)
+        self = cls(settings, manifest, generator, FaceFinder(detector, settings.detect_max_side, settings.face_cache_size))
+        self.warm_up()
+        return self
+
+    @property
+    def weights(self) -> str:
+        return str(self.manifest["models"]["wav2lip"].get("weights", "real"))
+
+    def warm_up(self) -> None:
+        """First inference of each model outside any request: no first-call penalty."""
+        list(self.generator.run(np.zeros((1, 80, 16), np.float32), np.zeros((6, 96, 96), np.float32)))
+        self.finder.detector.detect(np.zeros((64, 64, 3), np.uint8))
+
+    def run(
+        self,
+        image: bytes,
+        audio: bytes,
+        options: Options,
+        deadline: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Result:
+        """One request: bytes in, MP4 out. `deadline` is a time.monotonic() instant; `progress(done, total)` per batch."""
+        s = self.settings
+        clock = _Clock()
+
+        def check() -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(f"the request took longer than {s.request_timeout_s:g} s and was stopped")
+
+        frame, _ = limit_side(round_to_even(decode_image(image, s.max_image_pixels)), s.max_output_side)
+        frame = round_to_even(frame)
+        height, width = frame.shape[:2]
+        options.check(width, height)
+        sound = A.decode_audio(audio, s.max_audio_seconds)
+        clock.lap("decode")
+
+        wav = A.to_16k_mono(sound)
+        n_frames = A.frame_count(sound.samples.shape[0], sound.sample_rate, options.fps)
+        mels = A.mel_chunks(A.melspectrogram(wav), n_frames, options.fps)
+        clock.lap("mel")
+
+        if options.box is not None:  # used exactly, no pads, as inference.py's --box
+            box, cached = options.box, True
+        else:
+            box, cached = self.finder.find(frame, options.pads)
+        clock.lap("detect")
+        check()
+
+        face = face_input(frame, box)
+        paster = Paster(frame, box, options.paste)
+        writer = Mp4Writer(width, height, options.fps, sound, s.x264_preset, s.x264_crf)
+        clock.lap("encode")
+        try:
+            self._render(mels, face, paster, writer, clock, check, progress)
+            mp4 = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        clock.lap("encode")
+        return Result(mp4, sound.duration_s, options.fps, n_frames, width, height, box, cached, clock.ms)
+
+    def _render(
+        self,
+        mels: np.ndarray,
+        face: np.ndarray,
+        paster: Paster,
+        writer: Mp4Writer,
+        clock: _Clock,
+        check: Callable[[], None],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        for mouths in self.generator.run(mels, face, check):
+            clock.lap("infer")  # time spent waiting for the generator, not overlapped by the loop below
+            for mouth in mouths:
+                paster.paste(mouth)
+                clock.lap("paste")
+                writer.write(paster.frame)
+                clock.lap("encode")
+            if progress is not None:
+                progress(writer.frames, len(mels))
