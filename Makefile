@@ -21,7 +21,7 @@ install: $(VENV)/.installed  ## venv with runtime, conversion and dev packages
 
 # Real checkpoints from checkpoints/ when present; otherwise BlazeFace + a clearly labelled RANDOM generator.
 $(MODELS_DIR)/manifest.json: $(VENV)/.installed $(wildcard checkpoints/*.pth)
-	@W=$$(ls checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth 2>/dev/null | head -n1); \
+	@W=; for f in checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth; do [ -f "$$f" ] && { W=$$f; break; }; done; \
 	S=$$(ls checkpoints/s3fd.pth 2>/dev/null); \
 	if [ -n "$$W" ]; then \
 	  $(PY) convert_to_openvino.py --wav2lip "$$W" $${S:+--s3fd "$$S"} --out $(MODELS_DIR); \

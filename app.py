@@ -16,6 +16,8 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import openvino as ov
 from flask import Flask, Response, g, jsonify, request
@@ -90,28 +92,31 @@ class Gate:
         self._limit = running + queued
         self._wait_s = wait_s
         self._lock = threading.Lock()
-        self.recent_s = 5.0  # moving average of request time, for Retry-After
+        self._recent_s = 5.0  # moving average of request time, for Retry-After
 
     def retry_after(self) -> int:
-        return max(1, math.ceil(self.recent_s))
+        return max(1, math.ceil(self._recent_s))
 
-    def __enter__(self) -> Gate:
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a compute slot for the block, or raise Busy."""
         with self._lock:
             if self._admitted >= self._limit:
                 raise Busy(f"server busy: {self._admitted} requests in progress or queued; retry in {self.retry_after()} s")
             self._admitted += 1
-        if not self._slots.acquire(timeout=self._wait_s):
+        try:
+            if not self._slots.acquire(timeout=self._wait_s):
+                raise Busy(f"server busy: waited {self._wait_s:g} s for a free slot; retry in {self.retry_after()} s")
+            t0 = time.monotonic()
+            try:
+                yield
+            finally:
+                self._slots.release()
+                with self._lock:
+                    self._recent_s = 0.8 * self._recent_s + 0.2 * (time.monotonic() - t0)
+        finally:
             with self._lock:
                 self._admitted -= 1
-            raise Busy(f"server busy: waited {self._wait_s:g} s for a free slot; retry in {self.retry_after()} s")
-        self._t0 = time.monotonic()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.recent_s = 0.8 * self.recent_s + 0.2 * (time.monotonic() - self._t0)
-        self._slots.release()
-        with self._lock:
-            self._admitted -= 1
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -148,13 +153,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def _finish(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id", "")
-        if resp.status_code == 503 and "Retry-After" not in resp.headers:
+        if g.get("retry_after") and "Retry-After" not in resp.headers:
             resp.headers["Retry-After"] = str(gate.retry_after())
         origin = request.headers.get("Origin")
         if origin and ("*" in settings.cors_origins or origin in settings.cors_origins):
             resp.headers["Access-Control-Allow-Origin"] = origin
             resp.headers["Vary"] = "Origin"
-            resp.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+            resp.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After, X-Frames, X-Face-Box"
             if request.method == "OPTIONS":
                 resp.headers["Access-Control-Allow-Methods"] = "POST, GET, OPTIONS"
                 resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-Request-ID, Accept"
@@ -170,6 +175,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(LipSyncError)
     def _typed(e: LipSyncError) -> Response:
+        g.retry_after = isinstance(e, Busy | NotReady)  # retrying cannot fix models_missing
         return error_response(e.status, e.code, e.message)
 
     @app.errorhandler(HTTPException)
@@ -211,7 +217,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         lipsync = models.lipsync
         if lipsync is None:
             raise ModelsMissing(models.error) if models.error else NotReady("models are still loading; retry shortly")
-        with gate, metrics.in_flight():
+        with gate.admit(), metrics.in_flight():
             req = parse_generate(request.get_data(cache=False))
             deadline = time.monotonic() + settings.request_timeout_s
             result = lipsync.run(req.image, req.audio, req.options, deadline=deadline)

@@ -25,6 +25,7 @@ max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))  # safety net against
 max_requests_jitter = int(os.environ.get("MAX_REQUESTS_JITTER", "100"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 limit_request_line = 8190
+control_socket_disable = True  # gunicorn 27's default control socket is shared by every instance on the host
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

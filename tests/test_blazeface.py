@@ -12,10 +12,10 @@ import pytest
 from wav2lip_core import blazeface
 from wav2lip_core.blazeface import LEFT_EYE, MOUTH, RIGHT_EYE, BlazeFaceDetection, detect_faces, wav2lip_rect
 
-ASSETS = Path(__file__).resolve().parent.parent / "test_assets"
-# Eileen Collins' face in astronaut.jpg (512×512), brow-to-chin and cheek-to-cheek, checked by eye
-# on the image with this box drawn on it.
+# Eileen Collins' face in astronaut.jpg (512×512), roughly hairline to collar and cheek to cheek,
+# checked by eye with this box drawn on the image.
 TRUE_FACE = (170, 70, 260, 190)
+BROWS_Y, CHIN_Y = 90, 175  # her eyebrows' top and chin's bottom, read off a 10 px grid drawn on the image
 TOLERANCE_PX = 5  # ~5 % of the 105 px face: the model's own jitter between crops of one photo
 
 
@@ -25,8 +25,8 @@ def compiled() -> ov.CompiledModel:
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    image = cv2.imread(str(ASSETS / "astronaut.jpg"))
+def astronaut(assets: Path) -> np.ndarray:
+    image = cv2.imread(str(assets / "astronaut.jpg"))
     assert image is not None and image.shape == (512, 512, 3)
     return image
 
@@ -61,38 +61,54 @@ def test_wav2lip_rect_frames_the_face(best: BlazeFaceDetection) -> None:
     assert x1 < mouth[0] < x2 and middle < mouth[1] < y2
     for eye in best.keypoints[[RIGHT_EYE, LEFT_EYE]]:
         assert x1 < eye[0] < x2 and y1 < eye[1] < middle
-    assert 0.8 < (x2 - x1) / (y2 - y1) < 1.25  # roughly square, like S3FD's boxes
+    assert 0.75 < (x2 - x1) / (y2 - y1) < 1.05  # roughly square, a little taller than wide, like S3FD's boxes
     assert abs(mouth[0] - (x1 + x2) / 2) < 0.1 * (x2 - x1)  # face horizontally centred
+    assert y1 < BROWS_Y and y2 > CHIN_Y
     assert iou(rect, TRUE_FACE) > 0.5
 
 
 def test_wav2lip_rect_follows_documented_ratios_and_clips() -> None:
-    # Upright synthetic face: eyes at y = 100, mouth at y = 150, so d = 50.
+    # Upright synthetic face: eyes at y = 100, mouth at y = 150, so d = 50, centred on x = 100.
     keypoints = np.array([[80.0, 100.0], [120.0, 100.0], [100.0, 125.0], [100.0, 150.0], [60, 105], [140, 105]])
     det = BlazeFaceDetection(box=(50.0, 60.0, 150.0, 180.0), score=0.9, keypoints=keypoints)
     d = 50.0
-    top = 100 - blazeface.TOP_ABOVE_EYES * d
-    bottom = 150 + blazeface.BOTTOM_BELOW_MOUTH * d
-    side = bottom - top
-    assert wav2lip_rect(det, 1000, 1000) == (
-        int(np.floor(100 - side / 2)),
-        int(np.floor(top)),
-        int(np.ceil(100 + side / 2)),
-        int(np.ceil(bottom)),
-    )
+    half_width = blazeface.WIDTH * d / 2
+    top, bottom = 100 - blazeface.TOP_ABOVE_EYES * d, 150 + blazeface.BOTTOM_BELOW_MOUTH * d
+    expected = (np.floor(100 - half_width), np.floor(top), np.ceil(100 + half_width), np.ceil(bottom))
+    assert wav2lip_rect(det, 1000, 1000) == tuple(int(v) for v in expected)
     x1, y1, x2, y2 = wav2lip_rect(det, 130, 190)
     assert x1 >= 0 and y1 >= 0 and x2 == 130 and y2 == 190
 
 
-def test_cat_is_not_a_face(compiled: ov.CompiledModel) -> None:
-    cat = cv2.imread(str(ASSETS / "cat.jpg"))
+def test_wav2lip_rect_grows_around_a_tilted_face() -> None:
+    keypoints = np.array([[80.0, 100.0], [120.0, 100.0], [100.0, 125.0], [100.0, 150.0], [60, 105], [140, 105]])
+    upright = BlazeFaceDetection(box=(50.0, 60.0, 150.0, 180.0), score=0.9, keypoints=keypoints)
+    turn = np.array([[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]])  # ~29° roll about (100, 125)
+    tilted = BlazeFaceDetection(upright.box, 0.9, (keypoints - (100, 125)) @ turn.T + (100, 125))
+    ux1, uy1, ux2, uy2 = wav2lip_rect(upright, 1000, 1000)
+    tx1, ty1, tx2, ty2 = wav2lip_rect(tilted, 1000, 1000)
+    assert tx2 - tx1 > ux2 - ux1 and ty2 - ty1 > uy2 - uy1
+    for x, y in tilted.keypoints[:4]:
+        assert tx1 < x < tx2 and ty1 < y < ty2
+
+
+def test_face_filling_the_picture_is_found(compiled: ov.CompiledModel, astronaut: np.ndarray, best: BlazeFaceDetection) -> None:
+    # A 120×120 crop of just the face: full range alone scores this low; the zoomed-out pass must not.
+    x0, y0 = 165, 70
+    detections = detect_faces(compiled, np.ascontiguousarray(astronaut[y0 : y0 + 120, x0 : x0 + 120]))
+    assert len(detections) == 1
+    assert detections[0].score > 0.7
+    x1, y1, x2, y2 = detections[0].box
+    assert iou((x1 + x0, y1 + y0, x2 + x0, y2 + y0), best.box) > 0.7
+
+
+def test_cat_is_not_a_face(compiled: ov.CompiledModel, assets: Path) -> None:
+    cat = cv2.imread(str(assets / "cat.jpg"))
     assert cat is not None
     assert detect_faces(compiled, cat, min_score=0.5) == []
 
 
-def test_mirrored_photo_gives_mirrored_face(
-    compiled: ov.CompiledModel, astronaut: np.ndarray, best: BlazeFaceDetection
-) -> None:
+def test_mirrored_photo_gives_mirrored_face(compiled: ov.CompiledModel, astronaut: np.ndarray, best: BlazeFaceDetection) -> None:
     width = astronaut.shape[1]
     flipped = detect_faces(compiled, np.ascontiguousarray(astronaut[:, ::-1]))
     assert len(flipped) == 1
@@ -120,6 +136,19 @@ def test_pasted_photo_gives_shifted_face(
     shifted = np.array(detections[0].box) - (dx, dy, dx, dy)
     np.testing.assert_allclose(shifted, best.box, atol=TOLERANCE_PX)
     np.testing.assert_allclose(detections[0].keypoints - (dx, dy), best.keypoints, atol=TOLERANCE_PX)
+
+
+def test_two_faces_stay_apart_best_first(compiled: ov.CompiledModel, astronaut: np.ndarray) -> None:
+    half_size = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    canvas = np.full((512, 800, 3), 128, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[100:356, 530:786] = half_size
+    detections = detect_faces(compiled, canvas)
+    assert len(detections) == 2
+    assert detections[0].score >= detections[1].score
+    left, right = sorted(detections, key=lambda det: det.box[0])
+    assert left.box[2] < 512 <= right.box[0]
+    assert iou(left.box, right.box) == 0.0
 
 
 def test_full_range_anchors_match_model(compiled: ov.CompiledModel) -> None:

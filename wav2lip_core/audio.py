@@ -37,7 +37,7 @@ MEL_PER_SECOND = SAMPLE_RATE / HOP  # 80.0
 
 @dataclass
 class Audio:
-    """Decoded audio at its native rate: `samples` is (n, channels) float32 in [-1, 1]."""
+    """Decoded audio at its native rate: `samples` is (n, channels ≤ 2) float32 in [-1, 1]."""
 
     samples: np.ndarray
     sample_rate: int
@@ -59,6 +59,8 @@ def decode_audio(data: bytes, max_seconds: float) -> Audio:
         audio = _decode_pyav(data, max_seconds)
     if audio.samples.shape[0] == 0:
         raise BadRequest("audio has no samples", code="empty_audio")
+    if audio.samples.shape[1] > 2:  # surround (5.1 AAC, multichannel WAV): the MP4's AAC track is mono or stereo
+        audio = Audio(audio.samples.mean(axis=1, keepdims=True, dtype=np.float32), audio.sample_rate)
     if not np.isfinite(audio.samples).all():
         raise UnsupportedMedia("audio contains NaN or infinite samples", code="bad_audio")
     return audio
@@ -87,8 +89,19 @@ def _decode_pyav(data: bytes, max_seconds: float) -> Audio:
                 raise UnsupportedMedia("the audio track has no sample rate", code="bad_audio")
             limit = int(max_seconds * rate) + 1
             to_float = av.AudioResampler(format="fltp")  # any sample format → planar float32
-            chunks, total = [], 0
+            chunks, total, first = [], 0, None
             for frame in container.decode(stream):
+                # The resampler passes frames through untouched when the first one needs no conversion,
+                # so a stream that changes layout or rate (concatenated ADTS, chained Ogg) would mix them.
+                if first is None:
+                    first = (frame.layout.name, frame.sample_rate)
+                    rate = frame.sample_rate or rate  # the decoder's rate (HE-AAC doubles the container's)
+                    limit = int(max_seconds * rate) + 1
+                elif (frame.layout.name, frame.sample_rate) != first:
+                    raise UnsupportedMedia(
+                        f"the audio changes from {first[0]} {first[1]} Hz to {frame.layout.name} {frame.sample_rate} Hz mid-stream",
+                        code="bad_audio",
+                    )
                 for out in to_float.resample(frame):
                     pcm = out.to_ndarray()  # (channels, n)
                     chunks.append(pcm.T)

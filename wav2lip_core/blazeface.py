@@ -38,14 +38,20 @@ ZOOM_TRIGGER = 0.4  # run that pass when pass one finds nothing or a face wider 
 # A face spanning ~16 input pixels (105 px in a 1280×720 frame) gets a box off by up to 30 px; on a
 # crop 3× its box (face at 1/3 of the input, where scores peak) the error falls to ~5 px.
 REFINE_CONTEXT = 3.0
+# Whole-image candidates this good get that second look, and only the crop's score must reach
+# min_score: a 52 px face in an 800 px wide picture scores 0.47 on the whole, 0.95 on its crop.
+PROPOSAL_SCORE = 0.3
+MAX_PROPOSALS = 10  # bounds the extra inferences (~3 ms each) on crowded pictures
 
 # wav2lip_rect, in units of the eye-to-mouth distance d. Adult faces have the brows ~0.3 d above
-# the pupils and the chin (menton) ~0.7 d below the mouth (on the astronaut: 12 px and ~30 px for
-# d = 44 px). S3FD's box, which Wav2Lip trained on, starts a little above the brows and ends near the
-# chin (Wav2Lip then pads the bottom by 10 px). We take 0.8 d above the eyes and 0.8 d below the
-# mouth: a 2.6 d square, mouth at 1.8 / 2.6 = 69 % of its height, eyes at 31 %, width ≈ ear to ear.
+# the pupils, the chin ~0.6-0.7 d below the mouth and the ear tragions ~2 d apart (astronaut, d = 44
+# px: 12 px, 27 px, 89 px). S3FD's box, which Wav2Lip trained on, runs from the lower forehead to
+# the chin and across the cheeks, a little taller than wide (Wav2Lip then pads its bottom by 10 px).
+# So: 0.8 d above the eyes, 0.8 d below the mouth, 2.2 d wide: 2.6 d × 2.2 d (h/w 1.18), the mouth at
+# 1.8 / 2.6 = 69 % of the height (lower half), the eyes at 31 % (upper half).
 TOP_ABOVE_EYES = 0.8
 BOTTOM_BELOW_MOUTH = 0.8
+WIDTH = 2.2
 MIN_D_PER_BOX = 0.3
 
 
@@ -155,12 +161,10 @@ def _decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, size: int) -> tuple[n
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (2, 2) box against (M, 2, 2) boxes."""
-    lo, hi = np.maximum(box[0], boxes[:, 0]), np.minimum(box[1], boxes[:, 1])
+    """IoU of one x1, y1, x2, y2 box against (M, 4) boxes."""
+    lo, hi = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
     inter = np.prod(np.clip(hi - lo, 0.0, None), axis=1)
-    area = np.prod(box[1] - box[0])
-    areas = np.prod(boxes[:, 1] - boxes[:, 0], axis=1)
-    union = area + areas - inter
+    union = np.prod(box[2:] - box[:2]) + np.prod(boxes[:, 2:] - boxes[:, :2], axis=1) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -170,7 +174,8 @@ def weighted_nms(points: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -
     points, scores = points[order], scores[order]
     kept: list[tuple[np.ndarray, float]] = []
     while len(scores):
-        members = _iou(points[0, :2], points[:, :2]) > iou
+        boxes = points[:, :2].reshape(-1, 4)
+        members = _iou(boxes[0], boxes) > iou
         members[0] = True  # a degenerate top box still forms its own cluster
         weights = scores[members]
         merged = np.tensordot(weights, points[members], axes=1) / weights.sum()
@@ -179,13 +184,12 @@ def weighted_nms(points: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -
     return kept
 
 
-def _candidates(
-    compiled: ov.CompiledModel, bgr: np.ndarray, zoom: float, min_score: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _candidates(compiled: ov.CompiledModel, bgr: np.ndarray, zoom: float, min_score: float) -> tuple[np.ndarray, np.ndarray]:
     """One inference: decoded candidates (M, 8, 2) in image pixels with their scores, before NMS."""
     size = int(compiled.input(0).get_partial_shape()[1].get_length())
     tensor, scale, offset = _letterbox(bgr, size, zoom)
-    result = compiled(tensor)
+    # A fresh request (~15 µs): CompiledModel.__call__ reuses one, which server threads would race on.
+    result = compiled.create_infer_request().infer(tensor)
     # The sparse model names its outputs Identity/Identity_1: pick regressors by width, not name.
     outs = sorted((result[o] for o in compiled.outputs), key=lambda a: a.shape[-1], reverse=True)
     points, scores = _decode(outs[0][0], outs[1][0], size)
@@ -200,16 +204,10 @@ def _detect(compiled: ov.CompiledModel, bgr: np.ndarray, min_score: float) -> li
     if not len(scores) or widest > ZOOM_TRIGGER * max(bgr.shape[:2]):
         more_points, more_scores = _candidates(compiled, bgr, ZOOM_OUT, min_score)
         points, scores = np.concatenate([points, more_points]), np.concatenate([scores, more_scores])
-    detections = []
-    for merged, score in weighted_nms(points, scores):
-        box = (float(merged[0, 0]), float(merged[0, 1]), float(merged[1, 0]), float(merged[1, 1]))
-        detections.append(BlazeFaceDetection(box=box, score=score, keypoints=merged[2:]))
-    return detections
+    return [BlazeFaceDetection(tuple(map(float, m[:2].ravel())), s, m[2:]) for m, s in weighted_nms(points, scores)]
 
 
-def _refine(
-    compiled: ov.CompiledModel, bgr: np.ndarray, det: BlazeFaceDetection, min_score: float
-) -> BlazeFaceDetection:
+def _refine(compiled: ov.CompiledModel, bgr: np.ndarray, det: BlazeFaceDetection, min_score: float) -> BlazeFaceDetection:
     """Detect a small face again on a crop around it, where it is large enough for a precise box."""
     h, w = bgr.shape[:2]
     x1, y1, x2, y2 = det.box
@@ -219,28 +217,32 @@ def _refine(
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     left, top = max(0, int(cx - half)), max(0, int(cy - half))
     crop = bgr[top : min(h, int(np.ceil(cy + half))), left : min(w, int(np.ceil(cx + half)))]
-    shift = np.array([left, top, left, top], dtype=np.float64)
-    found = [(np.array(d.box) + shift, d) for d in _detect(compiled, crop, min_score)]
-    if not found:
+    found = _detect(compiled, crop, min_score)
+    shift = np.array([left, top], dtype=np.float64)
+    boxes = np.array([d.box for d in found]).reshape(-1, 4) + np.tile(shift, 2)
+    overlaps = _iou(np.array(det.box), boxes)
+    if not len(found) or overlaps.max() <= NMS_IOU:  # nothing, or only some other face
         return det
-    original = np.array(det.box).reshape(2, 2)
-    overlaps = _iou(original, np.stack([box.reshape(2, 2) for box, _ in found]))
-    if overlaps.max() <= NMS_IOU:  # the crop found some other face only
-        return det
-    box, best = found[int(np.argmax(overlaps))]
-    return BlazeFaceDetection(box=tuple(map(float, box)), score=best.score, keypoints=best.keypoints + shift[:2])
+    best = int(np.argmax(overlaps))
+    return BlazeFaceDetection(tuple(map(float, boxes[best])), found[best].score, found[best].keypoints + shift)
 
 
 def detect_faces(compiled: ov.CompiledModel, bgr: np.ndarray, min_score: float = 0.5) -> list[BlazeFaceDetection]:
     """Faces in a BGR uint8 image, best score first, boxes and keypoints in image pixels."""
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
         raise ValueError(f"expected uint8 H×W×3 BGR, got {bgr.dtype} {bgr.shape}")
-    detections = [_refine(compiled, bgr, det, min_score) for det in _detect(compiled, bgr, min_score)]
-    return sorted(detections, key=lambda det: det.score, reverse=True)
+    proposals = _detect(compiled, bgr, min(min_score, PROPOSAL_SCORE))[:MAX_PROPOSALS]
+    refined = sorted((_refine(compiled, bgr, det, min_score) for det in proposals), key=lambda d: -d.score)
+    kept: list[BlazeFaceDetection] = []
+    for det in refined:  # two proposals may have converged on one face
+        others = np.array([k.box for k in kept]).reshape(-1, 4)
+        if det.score >= min_score and _iou(np.array(det.box), others).max(initial=0.0) <= NMS_IOU:
+            kept.append(det)
+    return kept
 
 
 def wav2lip_rect(det: BlazeFaceDetection, width: int, height: int) -> tuple[int, int, int, int]:
-    """An S3FD-like face box (eyebrows to chin, square, face centred), clipped to the image."""
+    """An S3FD-like face box (forehead to chin, cheek to cheek, face centred), clipped to the image."""
     kp = det.keypoints
     eyes = (kp[RIGHT_EYE] + kp[LEFT_EYE]) / 2
     down = kp[MOUTH] - eyes
@@ -251,12 +253,12 @@ def wav2lip_rect(det: BlazeFaceDetection, width: int, height: int) -> tuple[int,
     d = max(length, MIN_D_PER_BOX * box_side)
     unit = down / length if length > 0 else np.array([0.0, 1.0])
     across = np.array([-unit[1], unit[0]])
-    # The square lives in the face's own frame (eyes→mouth is "down"), so a tilted head gets the
-    # axis-aligned box around its tilted square, as S3FD's boxes enclose a tilted face. Centring on
+    # The box lives in the face's own frame (eyes→mouth is "down"), so a tilted head gets the
+    # axis-aligned box around its tilted box, as S3FD's boxes enclose a tilted face. Centring on
     # the eye–mouth midpoint keeps the mouth in the lower half even when d was raised to the floor.
     centre = (eyes + kp[MOUTH]) / 2 + unit * d * (BOTTOM_BELOW_MOUTH - TOP_ABOVE_EYES) / 2
-    half = d * (TOP_ABOVE_EYES + 1 + BOTTOM_BELOW_MOUTH) / 2
-    corners = centre + half * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) @ np.stack([across, unit])
+    half = d * np.array([WIDTH, TOP_ABOVE_EYES + 1 + BOTTOM_BELOW_MOUTH]) / 2
+    corners = centre + (half * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])) @ np.stack([across, unit])
     x1, y1 = np.floor(corners.min(axis=0)).astype(int)
     x2, y2 = np.ceil(corners.max(axis=0)).astype(int)
     return max(0, int(x1)), max(0, int(y1)), min(width, int(x2)), min(height, int(y2))

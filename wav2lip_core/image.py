@@ -8,6 +8,7 @@ become 8-bit BGR.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -18,6 +19,9 @@ from .errors import BadRequest, LimitExceeded, UnsupportedMedia
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # the API contract's jpg/png/webp/bmp
 MIN_SIDE = 32  # below this no face crop can carry a mouth
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (or 32-bit int) grayscale
+# What Pillow's plugins raise on corrupt or truncated data, at open (header) as well as at load
+# (e.g. "Truncated File Read", "could not create decoder object", struct.error from EXIF).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
@@ -32,6 +36,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise UnsupportedMedia("image is not a JPEG, PNG, WebP or BMP file", code="bad_image") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LimitExceeded(f"image is too large; the limit is {max_pixels} pixels", code="image_too_large") from e
+    except _PILLOW_ERRORS as e:  # a known format whose header is corrupt or cut short
+        raise UnsupportedMedia(f"image header could not be read: {e}", code="bad_image") from e
     w, h = im.size
     if w * h > max_pixels:
         raise LimitExceeded(f"image is {w}×{h} = {w * h} pixels; the limit is {max_pixels}", code="image_too_large")
@@ -40,7 +46,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         im = ImageOps.exif_transpose(im)
         rgb = _to_rgb8(im)
-    except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for truncated or corrupt data
+    except _PILLOW_ERRORS as e:  # truncated or corrupt pixel data
         raise UnsupportedMedia(f"image could not be decoded: {e}", code="bad_image") from e
     return np.ascontiguousarray(rgb[:, :, ::-1])
 

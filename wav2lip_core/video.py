@@ -13,7 +13,9 @@ import numpy as np
 
 from .audio import Audio
 
-AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+# The AAC encoder's 1024-sample priming counts in the track's duration: at >= 32 kHz it is <= 32 ms,
+# so the audio and video durations stay within one frame; lower rates are resampled to 48 kHz.
+AAC_RATES = (32000, 44100, 48000, 64000, 88200, 96000)
 AAC_FRAME = 1024  # samples per AAC frame
 
 

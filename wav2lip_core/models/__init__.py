@@ -20,9 +20,11 @@ def randomize_(model: nn.Module, seed: int) -> nn.Module:
                 tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
             elif name.endswith(("running_mean", "bias")):
                 tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
-            elif tensor.dim() > 1:  # conv kernels: He-style scale keeps activations bounded through ~40 layers
-                fan_in = tensor[0].numel()
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (1.0 / fan_in) ** 0.5)
+            elif tensor.dim() > 1:  # conv kernels, variance gain / fan_in
+                # gain 1 keeps ~40 layers unsaturated; the audio encoder gets He's gain 2 so that the
+                # mouth visibly depends on the mel (≈ 8 grey levels of std across mels), as a trained one does
+                gain = 2.0 if name.startswith("audio_encoder.") else 1.0
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (gain / tensor[0].numel()) ** 0.5)
             else:  # BatchNorm / L2Norm scales
                 tensor.copy_(1.0 + 0.1 * torch.randn(tensor.shape, generator=gen))
     return model.eval()

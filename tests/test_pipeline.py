@@ -1,0 +1,118 @@
+"""End to end through LipSync.run: the MP4 against the original inference.py's raw frames, and its facts."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from bench.reference import load_checkpoint, reference_frames
+from media import decode_mp4, psnr
+from wav2lip_core import audio as A
+from wav2lip_core.compose import Paster, face_input
+from wav2lip_core.errors import NoFace
+from wav2lip_core.pipeline import Options
+
+BOX = (180, 70, 280, 215)  # x1, y1, x2, y2 around the astronaut's face
+
+
+@pytest.fixture(scope="module")
+def clip(lipsync, assets):
+    return lipsync.run((assets / "astronaut.jpg").read_bytes(), (assets / "speech.wav").read_bytes(), Options(box=BOX))
+
+
+def test_mp4_facts(clip) -> None:
+    d = decode_mp4(clip.mp4)
+    assert (d.video_codec, d.audio_codec, d.pix_fmt) == ("h264", "aac", "yuv420p")
+    assert (d.width, d.height) == (clip.width, clip.height) == (512, 512)
+    assert len(d.frames) == clip.frames == math.ceil(6.4 * 25) == 160
+    assert abs(d.video_duration - d.audio_duration) < 1 / 25
+    assert abs(d.video_duration - 6.4) < 1 / 25
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoints, assets) -> list[np.ndarray]:
+    """inference.py's un-encoded frames (PyTorch f32), box region only."""
+    model = load_checkpoint(checkpoints["wav2lip"])
+    frame = cv2.imread(str(assets / "astronaut.jpg"))
+    x1, y1, x2, y2 = BOX
+    return [f[y1:y2, x1:x2].copy() for f in reference_frames(model, frame, assets / "speech.wav", BOX)]
+
+
+def _luma(bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2YUV)[:, :, 0]
+
+
+def test_unencoded_frames_match_original_inference(lipsync, reference, assets) -> None:
+    """Before the codec, our pasted frames equal inference.py's up to the served precision (bf16/f32)."""
+    frame = cv2.imread(str(assets / "astronaut.jpg"))
+    wav = A.to_16k_mono(A.decode_audio((assets / "speech.wav").read_bytes(), 60))
+    mels = A.mel_chunks(A.melspectrogram(wav), 160, 25)
+    paster = Paster(frame, BOX)
+    x1, y1, x2, y2 = BOX
+    ours = [paster.paste(m)[y1:y2, x1:x2].copy() for batch in lipsync.generator.run(mels, face_input(frame, BOX)) for m in batch]
+    scores = [psnr(o, r) for o, r in zip(ours, reference, strict=False)]
+    shifted = [psnr(o, r) for o, r in zip(ours[1:], reference, strict=False)]
+    print(f"un-encoded mean PSNR {np.mean(scores):.1f} dB ({lipsync.generator.precision}); one-frame offset {np.mean(shifted):.1f} dB")
+    assert np.mean(scores) >= 45
+    assert np.mean(shifted) < np.mean(scores) - 10  # the comparison sees the audio alignment
+
+
+def test_mp4_face_region_matches_original_inference(clip, reference) -> None:
+    """Decoded MP4 vs inference.py's raw frames: luma PSNR, and the mouth motion is in sync.
+
+    The random test generator paints high-frequency colour noise that 4:2:0 chroma cannot carry
+    (BGR PSNR ~28 dB here at any CRF); a trained one paints a face. So luma PSNR is asserted, and the
+    frame-to-frame motion must correlate with the reference's, clearly more than with a 4-frame
+    offset (adjacent frames share 80 % of their mel window, so a 1-frame offset correlates too).
+    """
+    x1, y1, x2, y2 = BOX
+    ours = np.array([_luma(f[y1:y2, x1:x2]) for f in decode_mp4(clip.mp4).frames], dtype=np.float64)
+    refs = np.array([_luma(r) for r in reference], dtype=np.float64)
+    n = len(refs)
+    assert n >= 155  # the original drops the audio's last frames; we compare all it makes
+    scores = [psnr(o, r) for o, r in zip(ours, refs, strict=False)]
+    motion = lambda v: (v - v.mean(axis=0)).reshape(len(v), -1)  # noqa: E731
+    corr = lambda a, b: float(np.corrcoef(motion(a).ravel(), motion(b).ravel())[0, 1])  # noqa: E731
+    m = min(n, len(ours) - 4)
+    aligned, offset = corr(ours[:m], refs[:m]), corr(ours[4 : m + 4], refs[:m])
+    print(f"MP4 luma PSNR {np.mean(scores):.2f} dB (min {min(scores):.2f}); motion corr {aligned:.3f}, 4-frame offset {offset:.3f}")
+    assert np.mean(scores) >= 30
+    assert aligned > 0.85 and aligned > offset + 0.15
+
+
+def test_pixels_outside_the_box_are_the_input(clip, assets) -> None:
+    frame = cv2.imread(str(assets / "astronaut.jpg"))
+    out = decode_mp4(clip.mp4).frames[80]
+    mask = np.ones(frame.shape[:2], bool)
+    x1, y1, x2, y2 = BOX
+    mask[max(0, y1 - 8) : y2 + 8, max(0, x1 - 8) : x2 + 8] = False  # codec blocks bleed a little
+    assert psnr(out[mask], frame[mask]) > 35
+
+
+def test_blazeface_finds_the_astronaut_and_the_cache_skips_detection(lipsync, assets) -> None:
+    image, audio = (assets / "astronaut.jpg").read_bytes(), (assets / "speech.wav").read_bytes()[:32044]
+    first = lipsync.run(image, audio, Options())
+    x1, y1, x2, y2 = first.face_box
+    assert 150 <= x1 < 200 and 40 <= y1 < 110 and 240 < x2 <= 300 and 180 < y2 <= 240, first.face_box
+    again = lipsync.run(image, audio, Options())
+    assert again.face_box == first.face_box and again.detect_cached and not first.detect_cached
+    padded = lipsync.run(image, audio, Options(pads=(0, 30, 0, 0)))
+    assert not padded.detect_cached and padded.face_box[3] == first.face_box[3] + 20  # pads are part of the key
+
+
+def test_no_face_is_a_typed_error(lipsync, assets) -> None:
+    with pytest.raises(NoFace) as e:
+        lipsync.run((assets / "cat.jpg").read_bytes(), (assets / "speech.wav").read_bytes()[:8044], Options())
+    assert e.value.status == 422 and e.value.code == "no_face"
+
+
+def test_odd_size_feather_and_fps(lipsync, assets) -> None:
+    frame = cv2.imread(str(assets / "astronaut.jpg"))[:383, :511]
+    ok, png = cv2.imencode(".png", frame)
+    result = lipsync.run(png.tobytes(), (assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], Options(fps=30, paste="feather", box=BOX))
+    d = decode_mp4(result.mp4)
+    assert (d.width, d.height) == (510, 382) and len(d.frames) == 30
+    assert abs(d.video_duration - d.audio_duration) < 1 / 30
