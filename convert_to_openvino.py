@@ -34,7 +34,7 @@ from wav2lip_core import blazeface
 from wav2lip_core.errors import CheckpointError
 from wav2lip_core.models import randomize_
 from wav2lip_core.models.s3fd import HEADS, S3FD
-from wav2lip_core.models.wav2lip import Wav2Lip
+from wav2lip_core.models.wav2lip import Decoder, FaceEncoder, Wav2Lip
 
 log = logging.getLogger("convert")
 
@@ -128,21 +128,48 @@ def _max_abs_diff(xml: Path, torch_model: nn.Module, inputs: dict[str, np.ndarra
     return [float(np.abs(got[i] - r.numpy()).max()) / max(1e-6, float(r.abs().max())) for i, r in enumerate(refs)]
 
 
-def export_wav2lip(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
-    """Trace, save with FP16 weights, and check the generator IR against PyTorch."""
+def _check(name: str, diff: float, bound: float, unit: str = "abs") -> None:
+    scale = f" (= {diff * 255:.3f} / 255)" if unit == "abs" else ""
+    print(f"  {name} IR vs PyTorch: max {unit} diff {diff:.2e}{scale}, bound {bound}")
+    if diff > bound:
+        raise CheckpointError(f"{name} IR differs from PyTorch by {diff:.3g} > {bound}", code="parity_failed")
+
+
+def export_wav2lip(model: Wav2Lip, out: Path, seed: int) -> dict[str, object]:
+    """Save the generator with FP16 weights, whole and split (face encoder / decoder), each checked against PyTorch."""
     mel, face = torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96)
     ov_model = ov.convert_model(model, example_input=(mel, face), input=[("mel", [-1, 1, 80, 16]), ("face", [-1, 6, 96, 96])])
     _set_output_names(ov_model, ["mouth"])
-    xml = out / "wav2lip.xml"
-    ov.save_model(ov_model, xml, compress_to_fp16=True)
+    ov.save_model(ov_model, out / "wav2lip.xml", compress_to_fp16=True)
+
+    # Split for still avatars: the face features are constant, so serve them once and broadcast.
+    with torch.no_grad():
+        feats = FaceEncoder(model)(face[:1])
+    names = [f"feat{i}" for i in range(len(feats))]
+    encoder = ov.convert_model(FaceEncoder(model).eval(), example_input=(face[:1],), input=[("face", [1, 6, 96, 96])])
+    _set_output_names(encoder, names)
+    ov.save_model(encoder, out / "wav2lip_face.xml", compress_to_fp16=True)
+    shapes = [("mel", [-1, 1, 80, 16])] + [(n, list(f.shape)) for n, f in zip(names, feats, strict=True)]
+    decoder = ov.convert_model(Decoder(model).eval(), example_input=(mel, *feats), input=shapes)
+    _set_output_names(decoder, ["mouth"])
+    ov.save_model(decoder, out / "wav2lip_decoder.xml", compress_to_fp16=True)
+
     rng = np.random.default_rng(seed)
     inputs = {"mel": rng.uniform(-4, 4, (4, 1, 80, 16)).astype(np.float32), "face": rng.random((4, 6, 96, 96), dtype=np.float32)}
-    # output is in [0, 1], so the relative difference is the absolute one
-    diff = _max_abs_diff(xml, model, inputs)[0]
-    print(f"  wav2lip IR vs PyTorch: max abs diff {diff:.2e} (= {diff * 255:.3f} / 255), bound {GENERATOR_TOLERANCE}")
-    if diff > GENERATOR_TOLERANCE:
-        raise CheckpointError(f"wav2lip IR differs from PyTorch by {diff:.3g} > {GENERATOR_TOLERANCE}", code="parity_failed")
-    return {"file": xml.name, "precision": "FP16 weights", "parity_max_abs": diff, **_describe(ov_model)}
+    _check("wav2lip", _max_abs_diff(out / "wav2lip.xml", model, inputs)[0], GENERATOR_TOLERANCE)  # output in [0, 1]
+    core = ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    split_feats = core.compile_model(out / "wav2lip_face.xml", "CPU", f32)({"face": inputs["face"][:1]})
+    split = core.compile_model(out / "wav2lip_decoder.xml", "CPU", f32)({"mel": inputs["mel"]} | {n: split_feats[n] for n in names})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(inputs["mel"]), torch.from_numpy(inputs["face"][:1]).expand(4, -1, -1, -1)).numpy()
+    _check("wav2lip split", float(np.abs(split - ref).max()), GENERATOR_TOLERANCE)
+    return {
+        "file": "wav2lip.xml",
+        "split": {"face_encoder": "wav2lip_face.xml", "decoder": "wav2lip_decoder.xml"},
+        "precision": "FP16 weights",
+        **_describe(ov_model),
+    }
 
 
 def export_s3fd(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
@@ -153,11 +180,8 @@ def export_s3fd(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
     xml = out / "s3fd.xml"
     ov.save_model(ov_model, xml, compress_to_fp16=True)
     image = np.random.default_rng(seed).uniform(-120, 150, (1, 3, 160, 224)).astype(np.float32)
-    diff = max(_max_abs_diff(xml, model, {"image": image}))
-    print(f"  s3fd IR vs PyTorch: max relative diff {diff:.2e}, bound {S3FD_REL_TOLERANCE}")
-    if diff > S3FD_REL_TOLERANCE:
-        raise CheckpointError(f"s3fd IR differs from PyTorch by {diff:.3g} > {S3FD_REL_TOLERANCE}", code="parity_failed")
-    return {"file": xml.name, "precision": "FP16 weights", "parity_max_rel": diff, **_describe(ov_model)}
+    _check("s3fd", max(_max_abs_diff(xml, model, {"image": image})), S3FD_REL_TOLERANCE, unit="relative")
+    return {"file": xml.name, "precision": "FP16 weights", **_describe(ov_model)}
 
 
 def export_blazeface(out: Path) -> dict[str, object]:

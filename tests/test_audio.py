@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.signal
 import soundfile as sf
+from media import encode_audio
 
 from bench.reference import reference_chunks
-from media import encode_audio
 from wav2lip_core import audio as A
 from wav2lip_core.errors import BadRequest, LimitExceeded, UnsupportedMedia
 
@@ -58,7 +58,9 @@ def test_chunk_start_is_int_of_i_times_80_over_fps() -> None:
     assert list(starts) == [int(i * (80.0 / 30.0)) for i in range(10)]
 
 
-@pytest.mark.parametrize(("n", "rate", "fps", "frames"), [(102400, 16000, 25, 160), (160, 16000, 25, 1), (44101, 44100, 25, 26), (1, 8000, 60, 1)])
+@pytest.mark.parametrize(
+    ("n", "rate", "fps", "frames"), [(102400, 16000, 25, 160), (160, 16000, 25, 1), (44101, 44100, 25, 26), (1, 8000, 60, 1)]
+)
 def test_frames_cover_the_whole_audio(n: int, rate: int, fps: float, frames: int) -> None:
     got = A.frame_count(n, rate, fps)
     assert got == frames == math.ceil(n * fps / rate)
@@ -75,7 +77,9 @@ def _speech(assets) -> tuple[np.ndarray, int]:
     return data, rate
 
 
-@pytest.mark.parametrize(("fmt", "codec"), [("flac", "flac"), ("ogg", "vorbis"), ("mp3", "libmp3lame"), ("webm", "libopus"), ("ipod", "aac")])
+@pytest.mark.parametrize(
+    ("fmt", "codec"), [("flac", "flac"), ("ogg", "vorbis"), ("mp3", "libmp3lame"), ("webm", "libopus"), ("ipod", "aac")]
+)
 def test_formats_decode_to_the_same_speech(assets, fmt: str, codec: str) -> None:
     data, rate = _speech(assets)
     stereo44 = librosa.resample(np.repeat(data, 2, axis=1).T, orig_sr=rate, target_sr=44100).T.astype(np.float32)
@@ -85,7 +89,7 @@ def test_formats_decode_to_the_same_speech(assets, fmt: str, codec: str) -> None
     assert abs(audio.duration_s - 6.4) < 0.1
     wav = A.to_16k_mono(audio)
     # lossy codecs shift and colour the signal a little; the loudness envelope must survive
-    env = lambda w: np.convolve(np.abs(w[:99000]), np.ones(1600) / 1600, "valid")[::400]  # noqa: E731
+    env = lambda w: np.convolve(np.abs(w[:99000]), np.ones(1600) / 1600, "valid")[::400]
     corr = np.corrcoef(env(wav), env(data[:, 0]))[0, 1]
     assert corr > 0.9, corr
 

@@ -25,8 +25,24 @@ def test_manifest_describes_every_model(ir_dir: Path, checkpoints: dict[str, Pat
     assert m["models"]["wav2lip"]["sha256"] == hashlib.sha256(checkpoints["wav2lip"].read_bytes()).hexdigest()
     assert m["models"]["wav2lip"]["weights"] == "real" and m["models"]["blazeface"]["weights"] == "real"
     assert m["models"]["wav2lip"]["inputs"] == {"mel": "[?,1,80,16]", "face": "[?,6,96,96]"}
-    for entry in m["models"].values():
-        assert (ir_dir / entry["file"]).is_file() and (ir_dir / entry["file"]).with_suffix(".bin").is_file()
+    files = [e["file"] for e in m["models"].values()] + list(m["models"]["wav2lip"]["split"].values())
+    assert len(files) == 5
+    for f in files:
+        assert (ir_dir / f).is_file() and (ir_dir / f).with_suffix(".bin").is_file()
+
+
+def test_split_generator_equals_the_whole(ir_dir: Path) -> None:
+    """Face encoder once + decoder with broadcast features = the whole network on a repeated face."""
+    core, f32 = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    rng = np.random.default_rng(11)
+    mel = rng.uniform(-4, 4, (5, 1, 80, 16)).astype(np.float32)
+    face = rng.random((1, 6, 96, 96), dtype=np.float32)
+    whole = core.compile_model(ir_dir / "wav2lip.xml", "CPU", f32)({"mel": mel, "face": np.repeat(face, 5, axis=0)})[0]
+    feats = core.compile_model(ir_dir / "wav2lip_face.xml", "CPU", f32)({"face": face})
+    decoder = core.compile_model(ir_dir / "wav2lip_decoder.xml", "CPU", f32)
+    split = decoder({"mel": mel} | {p.get_any_name(): feats[p.get_any_name()] for p in decoder.inputs[1:]})[0]
+    assert split.shape == whole.shape == (5, 3, 96, 96)
+    assert np.abs(split - whole).max() < 1e-4
 
 
 def _load_state(path: Path, model: torch.nn.Module) -> torch.nn.Module:

@@ -7,9 +7,9 @@ import math
 import cv2
 import numpy as np
 import pytest
+from media import decode_mp4, psnr
 
 from bench.reference import load_checkpoint, reference_frames
-from media import decode_mp4, psnr
 from wav2lip_core import audio as A
 from wav2lip_core.compose import Paster, face_input
 from wav2lip_core.errors import NoFace
@@ -74,8 +74,8 @@ def test_mp4_face_region_matches_original_inference(clip, reference) -> None:
     n = len(refs)
     assert n >= 155  # the original drops the audio's last frames; we compare all it makes
     scores = [psnr(o, r) for o, r in zip(ours, refs, strict=False)]
-    motion = lambda v: (v - v.mean(axis=0)).reshape(len(v), -1)  # noqa: E731
-    corr = lambda a, b: float(np.corrcoef(motion(a).ravel(), motion(b).ravel())[0, 1])  # noqa: E731
+    motion = lambda v: (v - v.mean(axis=0)).reshape(len(v), -1)
+    corr = lambda a, b: float(np.corrcoef(motion(a).ravel(), motion(b).ravel())[0, 1])
     m = min(n, len(ours) - 4)
     aligned, offset = corr(ours[:m], refs[:m]), corr(ours[4 : m + 4], refs[:m])
     print(f"MP4 luma PSNR {np.mean(scores):.2f} dB (min {min(scores):.2f}); motion corr {aligned:.3f}, 4-frame offset {offset:.3f}")
@@ -111,7 +111,7 @@ def test_no_face_is_a_typed_error(lipsync, assets) -> None:
 
 def test_odd_size_feather_and_fps(lipsync, assets) -> None:
     frame = cv2.imread(str(assets / "astronaut.jpg"))[:383, :511]
-    ok, png = cv2.imencode(".png", frame)
+    _, png = cv2.imencode(".png", frame)
     result = lipsync.run(png.tobytes(), (assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], Options(fps=30, paste="feather", box=BOX))
     d = decode_mp4(result.mp4)
     assert (d.width, d.height) == (510, 382) and len(d.frames) == 30

@@ -114,7 +114,13 @@ class LipSync:
         if settings.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(settings.cache_dir)})
         props = cpu_properties(core, settings.precision, settings.threads())
-        generator = Generator.load(core, settings.models_dir / manifest["models"]["wav2lip"]["file"], settings.batch_size, props)
+        entry, d = manifest["models"]["wav2lip"], settings.models_dir
+        if "split" in entry and settings.split_generator:
+            generator = Generator.load(
+                core, d / entry["split"]["decoder"], settings.batch_size, props, face_xml=d / entry["split"]["face_encoder"]
+            )
+        else:
+            generator = Generator.load(core, d / entry["file"], settings.batch_size, props)
         name = manifest["detector"]
         det_props = {k: v for k, v in props.items() if k != "INFERENCE_PRECISION_HINT"}
         compiled = core.compile_model(settings.models_dir / manifest["models"][name]["file"], "CPU", det_props)
@@ -171,7 +177,7 @@ class LipSync:
 
         face = face_input(frame, box)
         paster = Paster(frame, box, options.paste)
-        writer = Mp4Writer(width, height, options.fps, sound, s.x264_preset, s.x264_crf)
+        writer = Mp4Writer(width, height, options.fps, sound, s.x264_preset, s.x264_crf, s.x264_params)
         clock.lap("encode")
         try:
             self._render(mels, face, paster, writer, clock, check, progress)
@@ -197,7 +203,7 @@ class LipSync:
             for mouth in mouths:
                 paster.paste(mouth)
                 clock.lap("paste")
-                writer.write(paster.frame)
+                writer.write(paster.frame, dirty=paster.box)
                 clock.lap("encode")
             if progress is not None:
                 progress(writer.frames, len(mels))

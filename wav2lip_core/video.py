@@ -9,6 +9,7 @@ import io
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 
 from .audio import Audio
@@ -19,10 +20,19 @@ AAC_RATES = (32000, 44100, 48000, 64000, 88200, 96000)
 AAC_FRAME = 1024  # samples per AAC frame
 
 
+def _planes(i420: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of the Y, U and V planes of an OpenCV/FFmpeg I420 buffer."""
+    flat = i420.reshape(-1)
+    n = h * w
+    return flat[:n].reshape(h, w), flat[n : n + n // 4].reshape(h // 2, w // 2), flat[n + n // 4 :].reshape(h // 2, w // 2)
+
+
 class Mp4Writer:
     """Open with the frame size, rate and audio; `write()` BGR frames; `finish()` returns the MP4 bytes."""
 
-    def __init__(self, width: int, height: int, fps: float, audio: Audio, preset: str = "veryfast", crf: int = 18, threads: int = 0):
+    def __init__(
+        self, width: int, height: int, fps: float, audio: Audio, preset: str = "veryfast", crf: int = 18, params: str = "", threads: int = 1
+    ):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even sides, got {width}×{height}")
         self.buffer = io.BytesIO()
@@ -31,8 +41,10 @@ class Mp4Writer:
         self.video = self.container.add_stream("libx264", rate=rate)
         self.video.width, self.video.height, self.video.pix_fmt = width, height, "yuv420p"
         self.video.codec_context.time_base = 1 / rate
-        self.video.options = {"preset": preset, "crf": str(crf), "threads": str(threads)}
+        # one encoder thread: the generator already uses every core, more threads would only contend
+        self.video.options = {"preset": preset, "crf": str(crf), "threads": str(threads)} | ({"x264-params": params} if params else {})
         self.frames = 0
+        self._yuv: np.ndarray | None = None  # the last frame as I420, (h * 3 / 2, w)
         self._encode_audio(audio)
 
     def _encode_audio(self, audio: Audio) -> None:
@@ -51,9 +63,23 @@ class Mp4Writer:
             self.container.mux(stream.encode(out))
         self.container.mux(stream.encode(None))
 
-    def write(self, bgr: np.ndarray) -> None:
-        """Encode one BGR uint8 frame of the declared size."""
-        frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+    def write(self, bgr: np.ndarray, dirty: tuple[int, int, int, int] | None = None) -> None:
+        """Encode one BGR uint8 frame; if only `dirty` (x1, y1, x2, y2) changed since the last one,
+        only that region is colour-converted (a still avatar: the mouth box)."""
+        h, w = bgr.shape[:2]
+        if dirty is None or self._yuv is None:
+            self._yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)  # BT.601 limited range, as swscale
+        else:
+            x1, y1, x2, y2 = dirty
+            x1, y1, x2, y2 = x1 & ~1, y1 & ~1, min(w, (x2 + 1) & ~1), min(h, (y2 + 1) & ~1)  # whole chroma blocks
+            part = cv2.cvtColor(np.ascontiguousarray(bgr[y1:y2, x1:x2]), cv2.COLOR_BGR2YUV_I420).ravel()
+            ph, pw = y2 - y1, x2 - x1
+            n = ph * pw
+            y_plane, u_plane, v_plane = _planes(self._yuv, h, w)
+            y_plane[y1:y2, x1:x2] = part[:n].reshape(ph, pw)
+            u_plane[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2] = part[n : n + n // 4].reshape(ph // 2, pw // 2)
+            v_plane[y1 // 2 : y2 // 2, x1 // 2 : x2 // 2] = part[n + n // 4 :].reshape(ph // 2, pw // 2)
+        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
         frame.pts = self.frames
         self.frames += 1
         self.container.mux(self.video.encode(frame))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+T = torch.Tensor
+
 
 class ConvBlock(nn.Module):
     """Conv → BatchNorm → (+ input if residual) → ReLU; the published `Conv2d` block."""
@@ -86,13 +88,46 @@ class Wav2Lip(nn.Module):
         )
         self.output_block = nn.Sequential(ConvBlock(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
 
-    def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    def encode_face(self, face: torch.Tensor) -> list[torch.Tensor]:
+        """The seven skip features of the face encoder (96×96 … 1×1)."""
         feats = []
         x = face
         for block in self.face_encoder_blocks:
             x = block(x)
             feats.append(x)
+        return feats
+
+    def decode(self, mel: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Audio encoder, then the decoder with the face features as skip connections."""
+        feats = list(feats)
         x = self.audio_encoder(mel)
         for block in self.face_decoder_blocks:
             x = torch.cat((block(x), feats.pop()), dim=1)
         return self.output_block(x)
+
+    def forward(self, mel: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+        return self.decode(mel, self.encode_face(face))
+
+
+class FaceEncoder(nn.Module):
+    """Export wrapper: face (1, 6, 96, 96) → its seven features. For a still avatar this runs once per request."""
+
+    def __init__(self, net: Wav2Lip):
+        super().__init__()
+        self.net = net
+
+    def forward(self, face: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.net.encode_face(face))
+
+
+class Decoder(nn.Module):
+    """Export wrapper: mel (B, 1, 80, 16) + the seven face features of batch 1, broadcast to B → mouths."""
+
+    def __init__(self, net: Wav2Lip):
+        super().__init__()
+        self.net = net
+
+    # explicit parameters: their names become the IR's input names
+    def forward(self, mel: T, feat0: T, feat1: T, feat2: T, feat3: T, feat4: T, feat5: T, feat6: T) -> T:
+        feats = (feat0, feat1, feat2, feat3, feat4, feat5, feat6)
+        return self.net.decode(mel, [f.expand(mel.shape[0], -1, -1, -1) for f in feats])
