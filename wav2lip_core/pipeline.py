@@ -122,7 +122,7 @@ class LipSync:
         else:
             generator = Generator.load(core, d / entry["file"], settings.batch_size, props)
         name = manifest["detector"]
-        det_props = {k: v for k, v in props.items() if k != "INFERENCE_PRECISION_HINT"}
+        det_props = props | {"INFERENCE_PRECISION_HINT": "f32"}  # once per avatar: exactness over speed
         compiled = core.compile_model(settings.models_dir / manifest["models"][name]["file"], "CPU", det_props)
         detector = S3FDDetector(compiled) if name == "s3fd" else BlazeFaceDetector(compiled)
         if manifest["models"]["wav2lip"].get("weights") == "random":
