@@ -34,6 +34,7 @@ def test_decode_offsets_use_variances_0_1_and_0_2() -> None:
     outs[4][0, 1, 2, 3] = 0.8  # head 2: stride 16, prior side 64, centre (56, 40)
     outs[5][0, :, 2, 3] = [1.0, -0.5, np.log(2) / 0.2, 0.0]  # dx, dy, dw (doubles the width), dh
     x1, y1, x2, y2, score = s3fd_decode(outs)[0]
+    assert score == pytest.approx(0.8)
     cx, cy = 56 + 0.1 * 64, 40 - 0.5 * 0.1 * 64
     np.testing.assert_allclose([x1, y1, x2, y2], [cx - 64, cy - 32, cx + 64, cy + 32], rtol=1e-5)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ASSETS, Server, make_settings
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -376,14 +376,22 @@ B64_JUNK = st.one_of(
     st.builds(lambda: b64(wav(speech_s(0.01)))),
 )
 FIELD_VALUE = st.one_of(JSON_VALUE, B64_JUNK, st.sampled_from([[0, 10, 0, 0], SMALL_BOX, "feather", "box", 25, 0.5, 60, [1, 2, 3, 4.0]]))
-BODY = st.dictionaries(st.sampled_from(["image", "audio", "fps", "pads", "box", "paste"]) | st.text(max_size=6), FIELD_VALUE, max_size=7)
-RAW = st.one_of(BODY.map(lambda b: json.dumps(b).encode()), JSON_VALUE.map(lambda v: json.dumps(v).encode()), st.binary(max_size=120))
+FIELD_NAME = st.sampled_from(["image", "audio", "fps", "pads", "box", "paste"]) | st.text(max_size=6)
+BODY = st.dictionaries(FIELD_NAME, FIELD_VALUE, max_size=7)
+MUTATED = st.dictionaries(FIELD_NAME, FIELD_VALUE, max_size=3).map(lambda d: good_body() | d)  # a valid request, a few fields changed
+RAW = st.one_of(
+    BODY.map(lambda b: json.dumps(b).encode()),
+    MUTATED.map(lambda b: json.dumps(b).encode()),
+    JSON_VALUE.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=120),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(raw=RAW)
 def test_no_request_body_gives_a_5xx(client, raw: bytes) -> None:
     resp = client.post("/api/generate", data=raw, content_type="application/json")
+    event(f"status {resp.status_code}")
     assert resp.status_code < 500, resp.get_data(as_text=True)[:300]
     if resp.status_code == 200:
         assert resp.get_json()["frames"] >= 1
