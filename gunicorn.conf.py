@@ -6,12 +6,16 @@ worker compiles them after fork, in `post_worker_init`.
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from wav2lip_core.config import Settings
 
-_s = Settings.from_env()  # validates every variable before the first worker starts
+try:
+    _s = Settings.from_env()  # validates every variable before the first worker starts
+except ValueError as e:
+    sys.exit(f"configuration error: {e}")
 
 bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
 workers = _s.workers  # WEB_CONCURRENCY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 def _cpu_count() -> int:
@@ -18,26 +19,23 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default).strip()
 
 
-def _int(name: str, default: int, lo: int, hi: int) -> int:
+def _number(name: str, default: float, lo: float, hi: float, cast: type[int] | type[float]) -> Any:
     raw = _env(name, str(default))
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError as e:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from e
+        raise ValueError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {raw!r}") from e
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    return _number(name, default, lo, hi, int)
 
 
 def _float(name: str, default: float, lo: float, hi: float) -> float:
-    raw = _env(name, str(default))
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from e
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    return _number(name, default, lo, hi, float)
 
 
 @dataclass(frozen=True)
