@@ -217,8 +217,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         lipsync = models.lipsync
         if lipsync is None:
             raise ModelsMissing(models.error) if models.error else NotReady("models are still loading; retry shortly")
+        # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
+        # only compute slot, and a malformed request must not queue behind the running ones.
+        req = parse_generate(request.get_data(cache=False))
         with gate.admit(), metrics.in_flight():
-            req = parse_generate(request.get_data(cache=False))
             deadline = time.monotonic() + settings.request_timeout_s
             result = lipsync.run(req.image, req.audio, req.options, deadline=deadline)
         metrics.record_result(result)

@@ -66,8 +66,8 @@ def ir_blazeface(ir_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     out = tmp_path_factory.mktemp("ir_bf") / "ir_models"
     out.mkdir()
-    for f in ("wav2lip.xml", "wav2lip.bin", "blazeface.xml", "blazeface.bin"):
-        shutil.copy(ir_dir / f, out / f)
+    for f in [*ir_dir.glob("wav2lip*"), *ir_dir.glob("blazeface*")]:  # the whole and the split generator
+        shutil.copy(f, out / f.name)
     manifest = json.loads((ir_dir / "manifest.json").read_text())
     manifest["detector"] = "blazeface"
     del manifest["models"]["s3fd"]

@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import struct
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -515,6 +514,7 @@ def test_body_over_limit_is_413_before_the_body_is_read(pool: Server) -> None:
                 break
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"\r\nX-Request-ID: " in reply.split(b"\r\n\r\n", 1)[0]
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "payload_too_large"
     assert time.monotonic() - t0 < 5
 
@@ -531,6 +531,24 @@ def test_overload_is_503_with_retry_after_at_once(pool: Server) -> None:
         assert int(headers["Retry-After"]) >= 1 and out["error"]["code"] == "busy"
         assert seconds < 1.0, "503 must be immediate, not after waiting"
     assert post(pool, good_body())[0] == 200
+
+
+def test_a_stalled_upload_does_not_hold_the_compute_slot(pool: Server) -> None:
+    """One connection per worker sends its headers and part of the body, then stalls: others still run."""
+    stalled = []
+    try:
+        for pid in sorted(workers(pool.proc.pid)):
+            conn = connection_to(pool, pid)
+            conn.putrequest("POST", "/api/generate")
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", "100000")
+            conn.endheaders(b'{"image": "')
+            stalled.append(conn)
+        time.sleep(0.3)  # each worker has a thread blocked reading a body that never comes
+        assert [post(pool, good_body())[0] for _ in range(3)] == [200] * 3
+    finally:
+        for conn in stalled:
+            conn.close()
 
 
 def test_deadline_is_504_and_the_worker_keeps_serving(pool: Server) -> None:
@@ -619,7 +637,8 @@ def test_no_temporary_files_are_left_behind(pool: Server) -> None:
     assert statuses == [200, 200, 200, 415, 415, 504]
     assert listing(pool.tmpdir) == before_tmp, listing(pool.tmpdir) - before_tmp
     assert not listing(shm) - before_shm, listing(shm) - before_shm
-    assert tempfile.gettempdir() != str(pool.tmpdir)  # the server's TMPDIR is its own, not shared with other tests
+    # the listing is the server's own tempfile.gettempdir(): gunicorn.conf.py put its metrics directory there
+    assert any(p.name.startswith("wav2lip-metrics-") for p in pool.tmpdir.iterdir())
 
 
 def test_sigkill_mid_request_fails_cleanly_and_the_worker_is_replaced(pool: Server) -> None:

@@ -30,6 +30,14 @@ def limit_side(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
 
 
+def fit_box(box: Box, scale: float, frame: np.ndarray) -> Box:
+    """A caller's box on the input image → the same region on the (scaled, even-sided) frame."""
+    h, w = frame.shape[:2]
+    x1, y1, x2, y2 = (round(v * scale) for v in box)
+    x1, y1 = min(max(0, x1), w - 2), min(max(0, y1), h - 2)
+    return x1, y1, min(w, max(x2, x1 + 2)), min(h, max(y2, y1 + 2))
+
+
 def face_input(frame: np.ndarray, box: Box) -> np.ndarray:
     """(6, 96, 96) float32: lower-half-masked crop and the crop itself, BGR, / 255 (inference.py)."""
     x1, y1, x2, y2 = box

@@ -17,7 +17,7 @@ import numpy as np
 import openvino as ov
 
 from . import audio as A
-from .compose import PASTE_MODES, Box, Paster, face_input, limit_side, round_to_even
+from .compose import PASTE_MODES, Box, Paster, face_input, fit_box, limit_side, round_to_even
 from .config import Settings
 from .detect import BlazeFaceDetector, FaceFinder, S3FDDetector
 from .errors import BadRequest, DeadlineExceeded, ModelsMissing
@@ -156,10 +156,11 @@ class LipSync:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"the request took longer than {s.request_timeout_s:g} s and was stopped")
 
-        frame, _ = limit_side(round_to_even(decode_image(image, s.max_image_pixels)), s.max_output_side)
+        image_bgr = decode_image(image, s.max_image_pixels)
+        options.check(image_bgr.shape[1], image_bgr.shape[0])  # a box refers to the image as sent
+        frame, scale = limit_side(image_bgr, s.max_output_side)
         frame = round_to_even(frame)
         height, width = frame.shape[:2]
-        options.check(width, height)
         sound = A.decode_audio(audio, s.max_audio_seconds)
         clock.lap("decode")
 
@@ -169,7 +170,7 @@ class LipSync:
         clock.lap("mel")
 
         if options.box is not None:  # used exactly, no pads, as inference.py's --box
-            box, cached = options.box, True
+            box, cached = fit_box(options.box, scale, frame), True
         else:
             box, cached = self.finder.find(frame, options.pads)
         clock.lap("detect")

@@ -48,8 +48,10 @@ class Mp4Writer:
         self._encode_audio(audio)
 
     def _encode_audio(self, audio: Audio) -> None:
-        channels = min(2, audio.samples.shape[1])
-        samples = audio.samples if audio.samples.shape[1] == channels else audio.samples.mean(axis=1, keepdims=True)
+        samples = audio.samples  # mono or stereo (decode_audio mixes more channels down)
+        channels = samples.shape[1]
+        if channels > 2:
+            raise ValueError(f"expected mono or stereo audio, got {channels} channels")
         rate = audio.sample_rate if audio.sample_rate in AAC_RATES else 48000
         stream = self.container.add_stream("aac", rate=rate, layout="stereo" if channels == 2 else "mono")
         resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
