@@ -226,7 +226,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics.record_result(result)
         g.log = {
             "frames": result.frames,
-            "detect_cached": result.detect_cached,
+            "face_source": result.face_source,
             "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
         }
         headers = {"X-Frames": str(result.frames), "X-Face-Box": ",".join(map(str, result.face_box))}

@@ -98,9 +98,10 @@ def test_blazeface_finds_the_astronaut_and_the_cache_skips_detection(lipsync, as
     x1, y1, x2, y2 = first.face_box
     assert 150 <= x1 < 200 and 40 <= y1 < 110 and 240 < x2 <= 300 and 180 < y2 <= 240, first.face_box
     again = lipsync.run(image, audio, Options())
-    assert again.face_box == first.face_box and again.detect_cached and not first.detect_cached
+    assert again.face_box == first.face_box and (first.face_source, again.face_source) == ("detector", "cache")
+    assert again.timings_ms["detect"] < 5  # a repeated avatar skips detection: only the hash is computed
     padded = lipsync.run(image, audio, Options(pads=(0, 30, 0, 0)))
-    assert not padded.detect_cached and padded.face_box[3] == first.face_box[3] + 20  # pads are part of the key
+    assert padded.face_source == "detector" and padded.face_box[3] == first.face_box[3] + 20  # pads are part of the key
 
 
 def test_no_face_is_a_typed_error(lipsync, assets) -> None:

@@ -51,7 +51,8 @@ class Generator:
         model.reshape({"mel": [batch, 1, 80, 16]} | ({} if face_xml else {"face": [batch, 6, 96, 96]}))
         compiled = core.compile_model(model, "CPU", properties)
         encoder = core.compile_model(face_xml, "CPU", properties) if face_xml else None
-        actual = {k: str(compiled.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "INFERENCE_PRECISION_HINT", "NUM_STREAMS")}
+        actual = {k: str(compiled.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")}
+        actual["INFERENCE_PRECISION_HINT"] = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         log.info("generator compiled (%s): batch %d, %s", "split" if face_xml else "whole", batch, actual)
         return cls(compiled, batch, encoder)
 

@@ -30,9 +30,10 @@ def observe(status: int, seconds: float) -> None:
 
 
 def record_result(result: Result) -> None:
-    """Count the frames of a successful request and whether detection was skipped."""
+    """Count the frames of a successful request and whether the face box came from the cache."""
     FRAMES.inc(result.frames)
-    CACHE.labels(outcome="hit" if result.detect_cached else "miss").inc()
+    if result.face_source != "box":
+        CACHE.labels(outcome="hit" if result.face_source == "cache" else "miss").inc()
 
 
 @contextmanager

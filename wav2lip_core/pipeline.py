@@ -66,7 +66,7 @@ class Result:
     width: int
     height: int
     face_box: Box
-    detect_cached: bool
+    face_source: str  # "box" (given by the caller), "cache" (repeated avatar) or "detector"
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -170,9 +170,10 @@ class LipSync:
         clock.lap("mel")
 
         if options.box is not None:  # used exactly, no pads, as inference.py's --box
-            box, cached = fit_box(options.box, scale, frame), True
+            box, source = fit_box(options.box, scale, frame), "box"
         else:
             box, cached = self.finder.find(frame, options.pads)
+            source = "cache" if cached else "detector"
         clock.lap("detect")
         check()
 
@@ -187,7 +188,7 @@ class LipSync:
             writer.abort()
             raise
         clock.lap("encode")
-        return Result(mp4, sound.duration_s, options.fps, n_frames, width, height, box, cached, clock.ms)
+        return Result(mp4, sound.duration_s, options.fps, n_frames, width, height, box, source, clock.ms)
 
     def _render(
         self,
