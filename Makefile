@@ -41,7 +41,7 @@ test: install  ## the whole suite (converts seeded random checkpoints itself)
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-bench: models  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
+bench: install  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
 	$(PY) -m bench.run
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)

@@ -46,6 +46,7 @@ class Settings:
     precision: str = "auto"  # auto | f32 | bf16 | f16: the CPU plugin's inference precision
     workers: int = 1
     ov_threads: int = 0  # 0: cores ÷ workers
+    ov_streams: int = 1  # CPU plugin streams per worker; the threads are shared among them
     batch_size: int = 16  # generator frames per inference call (static shape)
     split_generator: bool = True  # face encoder once per request + decoder per batch (still avatars)
     cache_dir: Path | None = Path("ov_cache")  # OpenVINO compiled-blob cache: fast worker restarts
@@ -79,6 +80,7 @@ class Settings:
             precision=precision,
             workers=workers,
             ov_threads=_int("INFERENCE_NUM_THREADS", 0, 0, 256),
+            ov_streams=_int("INFERENCE_NUM_STREAMS", 1, 1, 64),
             batch_size=_int("BATCH_SIZE", 16, 1, 256),
             split_generator=_env("SPLIT_GENERATOR", "1") not in ("0", "false", "no", "off"),
             cache_dir=Path(cache) if cache else None,

@@ -3,8 +3,8 @@
 For a still avatar the face half of the network sees the same input for every frame, so the
 converter also writes it split: `wav2lip_face` runs once per request and `wav2lip_decoder` gets the
 seven face features (batch 1, broadcast inside the graph) with each mel batch — ~10 % less work per
-frame than the whole network. Two infer requests alternate, so while the caller pastes and encodes
-batch k the CPU plugin computes batch k+1. Compiled once per process with a static batch.
+frame than the whole network. Infer requests (streams + 1) rotate, so while the caller pastes and
+encodes batch k the CPU plugin computes the next ones. Compiled once per process with a static batch.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .compose import to_mouths
 log = logging.getLogger(__name__)
 
 
-def cpu_properties(core: ov.Core, precision: str, threads: int) -> dict[str, object]:
-    """CPU plugin settings: explicit threads, no pinning (several workers share the cores)."""
+def cpu_properties(core: ov.Core, precision: str, threads: int, streams: int = 1) -> dict[str, object]:
+    """CPU plugin settings: explicit threads and streams, no pinning (several workers share the cores)."""
     if precision == "auto":
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         precision = "bf16" if "BF16" in caps else "f32"
@@ -31,8 +31,7 @@ def cpu_properties(core: ov.Core, precision: str, threads: int) -> dict[str, obj
         "INFERENCE_NUM_THREADS": threads,
         "INFERENCE_PRECISION_HINT": precision,
         "ENABLE_CPU_PINNING": False,
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
+        "NUM_STREAMS": streams,
     }
 
 
@@ -73,7 +72,8 @@ class Generator:
         `check` is called before each batch is submitted (the deadline hook); it may raise.
         """
         constant = self._constant_inputs(face)
-        requests = [self.compiled.create_infer_request() for _ in range(2)]
+        in_flight = int(self.compiled.get_property("NUM_STREAMS")) + 1  # every stream busy + one being consumed
+        requests = [self.compiled.create_infer_request() for _ in range(in_flight)]
         for request in requests:
             for name, value in constant.items():
                 request.set_tensor(name, ov.Tensor(value))  # shares `value`'s memory: set once per request
@@ -85,10 +85,10 @@ class Generator:
                 n = len(chunk)
                 if n < self.batch:  # static shape: pad the last batch with copies of its last chunk
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
-                request = requests[k % 2]
+                request = requests[k % in_flight]
                 request.start_async({"mel": chunk[:, None]})
                 pending.append((request, n))
-                if len(pending) == 2:
+                if len(pending) == in_flight:
                     yield self._take(*pending.popleft())
             while pending:
                 yield self._take(*pending.popleft())

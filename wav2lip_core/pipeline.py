@@ -113,7 +113,7 @@ class LipSync:
         core = ov.Core()
         if settings.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(settings.cache_dir)})
-        props = cpu_properties(core, settings.precision, settings.threads())
+        props = cpu_properties(core, settings.precision, settings.threads(), settings.ov_streams)
         entry, d = manifest["models"]["wav2lip"], settings.models_dir
         if "split" in entry and settings.split_generator:
             generator = Generator.load(
@@ -122,7 +122,7 @@ class LipSync:
         else:
             generator = Generator.load(core, d / entry["file"], settings.batch_size, props)
         name = manifest["detector"]
-        det_props = props | {"INFERENCE_PRECISION_HINT": "f32"}  # once per avatar: exactness over speed
+        det_props = props | {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}  # once per avatar: exactness over speed
         compiled = core.compile_model(settings.models_dir / manifest["models"][name]["file"], "CPU", det_props)
         detector = S3FDDetector(compiled) if name == "s3fd" else BlazeFaceDetector(compiled)
         if manifest["models"]["wav2lip"].get("weights") == "random":

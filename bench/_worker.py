@@ -1,0 +1,166 @@
+"""Measurements that run in their own process, started by `bench/run.py`; one JSON object on stdout.
+
+    python -m bench._worker checkpoint OUT.pth SEED          # seeded random generator, original format
+    python -m bench._worker reference CKPT IMAGE AUDIO X1 Y1 X2 Y2
+    python -m bench._worker model-only IR_DIR IMAGE AUDIO X1 Y1 X2 Y2
+
+A process each, so that torch never shares a process (or its thread pools) with OpenVINO and each
+stage's peak RSS (VmHWM) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPEATS = {"auto": 5, "f32": 1}  # timed passes over the clip after one warm-up pass (median); f32 is 3–7× slower
+DETECT_REPEATS = 5  # back-to-back detector calls (the served ones follow each timed generator pass)
+
+
+def vmhwm_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def write_checkpoint(out: Path, seed: int) -> dict[str, object]:
+    """{'state_dict': {'module.<k>': tensor}, ...}: the layout of the published wav2lip*.pth."""
+    import torch
+
+    from wav2lip_core.models import randomize_
+    from wav2lip_core.models.wav2lip import Wav2Lip
+
+    state = randomize_(Wav2Lip(), seed).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "optimizer": None, "global_step": 0}, out)
+    return {"path": str(out), "seed": seed}
+
+
+def reference(ckpt: Path, image: Path, audio: Path, box: tuple[int, int, int, int]) -> dict[str, object]:
+    """The PyTorch eager baseline, cold: `timed_reference` loads the model itself, as inference.py does."""
+    t0 = time.perf_counter()
+    import torch
+
+    from bench.reference import load_checkpoint, timed_reference
+
+    torch.set_num_threads(cores())
+    import_s = time.perf_counter() - t0
+    result = timed_reference(ckpt, image, audio, box)
+    t1 = time.perf_counter()
+    load_checkpoint(ckpt)  # timed separately (after the run, file in page cache) to split load from compute
+    load_s = time.perf_counter() - t1
+    return {
+        "seconds": result["seconds"],
+        "frames": result["frames"],
+        "model_load_s": load_s,
+        "import_s": import_s,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch": 128,
+        "peak_rss_mb": vmhwm_mb(),
+    }
+
+
+def _drift(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
+    diff = np.abs(np.concatenate(a).astype(np.int16) - np.concatenate(b).astype(np.int16))
+    return {"max_abs": int(diff.max()), "mean_abs": float(diff.mean()), "p999_abs": float(np.percentile(diff, 99.9))}
+
+
+def _ms(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+def _one_precision(ir: Path, precision: str, frame: np.ndarray, mels: np.ndarray, face: np.ndarray) -> tuple[dict, list[np.ndarray]]:
+    """Compile as the server does at `precision`; time passes over the clip, and the detector after each."""
+    from wav2lip_core.config import Settings
+    from wav2lip_core.detect import FaceFinder
+    from wav2lip_core.pipeline import DEFAULT_PADS, LipSync
+
+    settings = replace(Settings(), models_dir=ir, cache_dir=None, precision=precision)
+    t0 = time.perf_counter()
+    lipsync = LipSync.load(settings)
+    compile_s = time.perf_counter() - t0
+    gen = lipsync.generator
+    finder = FaceFinder(lipsync.finder.detector, settings.detect_max_side, cache_size=0)  # no cache, downscaling as served
+    detect = lambda: finder.find(frame, DEFAULT_PADS)
+    mouths = list(gen.run(mels, face))  # warm-up pass, also the crops compared across precisions
+    times, detect_after = [], []
+    for _ in range(REPEATS[precision]):
+        times.append(_ms(lambda: sum(1 for _ in gen.run(mels, face))) / 1000)
+        detect_after.append(_ms(detect))
+    sec = statistics.median(times)
+    result = {"precision": gen.precision, "batch": gen.batch, "threads": settings.threads(), "compile_s": compile_s,
+              "seconds": sec, "fps": len(mels) / sec, "runs_s": times}  # fmt: skip
+    back_to_back = [_ms(detect) for _ in range(DETECT_REPEATS)]
+    result["detector"] = {"name": finder.detector.name, "ms": statistics.median(detect_after),
+                          "ms_back_to_back": statistics.median(back_to_back), "box": list(detect()[0])}  # fmt: skip
+    return result, mouths
+
+
+def model_only(ir: Path, image: Path, audio: Path, box: tuple[int, int, int, int]) -> dict[str, object]:
+    """The served generator alone (compiled by LipSync.load with the server's defaults) at auto and f32 precision.
+
+    Also the detector's own time on a new avatar: back to back, and once after each generator pass,
+    which is how a server calls it (its threads have gone idle meanwhile).
+    """
+    import openvino as ov
+
+    from wav2lip_core import audio as A
+    from wav2lip_core.compose import face_input
+    from wav2lip_core.config import Settings
+    from wav2lip_core.image import decode_image
+
+    frame = decode_image(image.read_bytes(), Settings().max_image_pixels)
+    sound = A.decode_audio(audio.read_bytes(), 600)
+    mels = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), A.frame_count(sound.samples.shape[0], sound.sample_rate, 25.0), 25.0)
+    face = face_input(frame, box)
+    served, served_mouths = _one_precision(ir, "auto", frame, mels, face)
+    f32, f32_mouths = _one_precision(ir, "f32", frame, mels, face)
+    del f32["detector"]  # the detector is compiled f32 whatever the generator's precision
+    return {
+        "frames": len(mels), "openvino": ov.get_version(), "cores": cores(), "served": served, "f32": f32,
+        "detector": served.pop("detector"), "drift_served_vs_f32": _drift(served_mouths, f32_mouths), "peak_rss_mb": vmhwm_mb(),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("checkpoint")
+    c.add_argument("out", type=Path)
+    c.add_argument("seed", type=int)
+    for name in ("reference", "model-only"):
+        s = sub.add_parser(name)
+        s.add_argument("model", type=Path, help="checkpoint (reference) or IR folder (model-only)")
+        s.add_argument("image", type=Path)
+        s.add_argument("audio", type=Path)
+        s.add_argument("box", type=int, nargs=4, metavar="X1 Y1 X2 Y2")
+    args = p.parse_args(argv)
+    if args.cmd == "checkpoint":
+        result = write_checkpoint(args.out, args.seed)
+    elif args.cmd == "reference":
+        result = reference(args.model, args.image, args.audio, tuple(args.box))
+    else:
+        result = model_only(args.model, args.image, args.audio, tuple(args.box))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
