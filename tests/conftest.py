@@ -83,6 +83,20 @@ def make_settings(models_dir: Path, **overrides: object):
     return replace(Settings(), models_dir=models_dir, cache_dir=None, **overrides)
 
 
+def loaded_app(settings):
+    """A Flask app (in process) whose models are compiled and warm."""
+    from app import create_app
+
+    app = create_app(settings)
+    models = app.extensions["models"]
+    models.start_loading()
+    t0 = time.monotonic()
+    while models.lipsync is None and models.error is None and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    assert models.lipsync is not None, models.error
+    return app
+
+
 @pytest.fixture(scope="session")
 def lipsync(ir_blazeface: Path):
     from wav2lip_core.pipeline import LipSync

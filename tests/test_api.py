@@ -12,25 +12,12 @@ from pathlib import Path
 import av
 import pytest
 import soundfile as sf
-from conftest import ASSETS, make_settings
+from conftest import ASSETS, loaded_app, make_settings
 
 API_KEY = "test-key-0123"
 ORIGIN = "http://localhost:8123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CONTRACT_KEYS = {"video", "mime_type", "duration_s", "fps", "frames", "width", "height", "face_box", "timings_ms", "request_id"}
-
-
-def loaded_app(settings):
-    from app import create_app
-
-    app = create_app(settings)
-    models = app.extensions["models"]
-    models.start_loading()
-    t0 = time.monotonic()
-    while models.lipsync is None and models.error is None and time.monotonic() - t0 < 120:
-        time.sleep(0.05)
-    assert models.lipsync is not None, models.error
-    return app
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import make_settings
+from conftest import loaded_app, make_settings
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from media import (
@@ -41,16 +41,7 @@ MAX_AUDIO_S = 3.0  # the test app's MAX_AUDIO_SECONDS: "audio too long" needs on
 
 @pytest.fixture(scope="module")
 def client(ir_blazeface: Path):
-    from app import create_app
-
-    app = create_app(make_settings(ir_blazeface, batch_size=4, max_audio_seconds=MAX_AUDIO_S))
-    models = app.extensions["models"]
-    models.start_loading()
-    t0 = time.monotonic()
-    while models.lipsync is None and models.error is None and time.monotonic() - t0 < 120:
-        time.sleep(0.05)
-    assert models.lipsync is not None, models.error
-    return app.test_client()
+    return loaded_app(make_settings(ir_blazeface, batch_size=4, max_audio_seconds=MAX_AUDIO_S)).test_client()
 
 
 def still_serves(client) -> None:
