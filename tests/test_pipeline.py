@@ -117,3 +117,43 @@ def test_odd_size_feather_and_fps(lipsync, assets) -> None:
     d = decode_mp4(result.mp4)
     assert (d.width, d.height) == (510, 382) and len(d.frames) == 30
     assert abs(d.video_duration - d.audio_duration) < 1 / 30
+
+
+def _clip(assets, n: int, shift: int) -> bytes:
+    """An n-frame H.264 clip of the astronaut moving `shift` px right per frame."""
+    import io
+
+    import av
+
+    img = cv2.imread(str(assets / "astronaut.jpg"))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        stream.options = {"crf": "10"}
+        for i in range(n):
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.roll(img, shift * i, axis=1), format="bgr24")))
+        c.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def test_video_avatar_loops_over_the_audio(lipsync, assets) -> None:
+    """A 12-frame clip under 1 s of audio: 25 frames, frame i shows clip frame i % 12, face boxes follow it."""
+    img = cv2.imread(str(assets / "astronaut.jpg"))
+    result = lipsync.run_video(_clip(assets, 12, 3), (assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], Options(fps=25))
+    d = decode_mp4(result.mp4)
+    assert len(d.frames) == result.frames == 25 and (d.width, d.height) == (512, 512)
+    for i in (0, 5, 11, 12, 24):
+        want = np.roll(img, 3 * (i % 12), axis=1)
+        keep = np.ones((512, 512), bool)
+        keep[:260, 120:350] = False  # the face region (moving box) is generated
+        assert psnr(d.frames[i][keep], want[keep]) > 30, i
+    assert 150 <= result.face_box[0] < 200  # BlazeFace found the face in the first frame
+
+
+def test_smooth_boxes_is_the_originals_in_place_mean() -> None:
+    from wav2lip_core.avatar import smooth_boxes
+
+    boxes = [(0, 0, 10, 10), (5, 5, 15, 15), (10, 10, 20, 20)]
+    # window of 2, in place: [mean(b0, b1), mean(b1, b2), mean(smoothed b1, b2)]
+    assert smooth_boxes(boxes, window=2) == [(2, 2, 12, 12), (7, 7, 17, 17), (8, 8, 18, 18)]

@@ -66,12 +66,17 @@ class Generator:
         feats = self.face_encoder({"face": face[None]})
         return {port.get_any_name(): np.ascontiguousarray(feats[port]) for port in self.face_encoder.outputs}
 
-    def run(self, mels: np.ndarray, face: np.ndarray, check: Callable[[], None] = lambda: None) -> Iterator[np.ndarray]:
+    def run(
+        self, mels: np.ndarray, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
+    ) -> Iterator[np.ndarray]:
         """Yield (n, 96, 96, 3) uint8 BGR mouths for mels (N, 80, 16) and one face input (6, 96, 96).
 
-        `check` is called before each batch is submitted (the deadline hook); it may raise.
+        A video avatar passes `face` (n_src, 6, 96, 96) and `index` (N,): frame i uses face[index[i]]
+        (whole network only). `check` is called before each batch is submitted (the deadline hook).
         """
-        constant = self._constant_inputs(face)
+        if index is not None and self.face_encoder is not None:
+            raise ValueError("per-frame faces need the whole network, not the split generator")
+        constant = self._constant_inputs(face) if index is None else {}
         in_flight = int(self.compiled.get_property("NUM_STREAMS")) + 1  # every stream busy + one being consumed
         requests = [self.compiled.create_infer_request() for _ in range(in_flight)]
         for request in requests:
@@ -81,12 +86,12 @@ class Generator:
         try:
             for k, start in enumerate(range(0, len(mels), self.batch)):
                 check()
-                chunk = mels[start : start + self.batch]
-                n = len(chunk)
-                if n < self.batch:  # static shape: pad the last batch with copies of its last chunk
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
+                n = min(self.batch, len(mels) - start)
+                inputs = {"mel": self._padded(mels[start : start + n])[:, None]}
+                if index is not None:
+                    inputs["face"] = self._padded(face[index[start : start + n]])
                 request = requests[k % in_flight]
-                request.start_async({"mel": chunk[:, None]})
+                request.start_async(inputs)
                 pending.append((request, n))
                 if len(pending) == in_flight:
                     yield self._take(*pending.popleft())
@@ -95,6 +100,12 @@ class Generator:
         finally:
             for request, _ in pending:  # abandoned (error or deadline): let the CPU finish cleanly
                 request.wait()
+
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        """Static shape: pad a last, short batch with copies of its last item."""
+        if len(x) == self.batch:
+            return x
+        return np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), axis=0)])
 
     @staticmethod
     def _take(request: ov.InferRequest, n: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 import openvino as ov
 
 from . import audio as A
+from .avatar import decode_video, smooth_boxes
 from .compose import PASTE_MODES, Box, Paster, face_input, fit_box, limit_side, round_to_even
 from .config import Settings
 from .detect import BlazeFaceDetector, FaceFinder, S3FDDetector
@@ -105,6 +107,8 @@ class LipSync:
         self.manifest = manifest
         self.generator = generator
         self.finder = finder
+        self._whole: Generator | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, settings: Settings) -> LipSync:
@@ -189,6 +193,54 @@ class LipSync:
             raise
         clock.lap("encode")
         return Result(mp4, sound.duration_s, options.fps, n_frames, width, height, box, source, clock.ms)
+
+    def run_video(self, video: bytes, audio: bytes, options: Options, progress: Callable[[int, int], None] | None = None) -> Result:
+        """A short video avatar looped over the audio (the CLI's --face clip.mp4): per-frame boxes and faces."""
+        s = self.settings
+        clock = _Clock()
+        frames, _ = decode_video(video, s.max_image_pixels)
+        height, width = frames[0].shape[:2]
+        options.check(width, height)
+        sound = A.decode_audio(audio, s.max_audio_seconds)
+        clock.lap("decode")
+        n_frames = A.frame_count(sound.samples.shape[0], sound.sample_rate, options.fps)
+        mels = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), n_frames, options.fps)
+        clock.lap("mel")
+        if options.box is not None:
+            boxes, source = [options.box] * len(frames), "box"
+        else:
+            boxes, source = smooth_boxes([self.finder.find(f, options.pads)[0] for f in frames]), "detector"
+        clock.lap("detect")
+        faces = np.stack([face_input(f, b) for f, b in zip(frames, boxes, strict=True)])
+        index = np.arange(n_frames) % len(frames)  # the clip loops, as inference.py's i % len(frames)
+        writer = Mp4Writer(width, height, options.fps, sound, s.x264_preset, s.x264_crf, s.x264_params)
+        try:
+            for mouths in self._whole_generator().run(mels, faces, index=index):
+                clock.lap("infer")
+                for mouth in mouths:
+                    k = index[writer.frames]
+                    writer.write(Paster(frames[k], boxes[k], options.paste).paste(mouth))
+                clock.lap("encode")
+                if progress is not None:
+                    progress(writer.frames, n_frames)
+            mp4 = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        clock.lap("encode")
+        return Result(mp4, sound.duration_s, options.fps, n_frames, width, height, boxes[0], source, clock.ms)
+
+    def _whole_generator(self) -> Generator:
+        """The whole network, for per-frame faces; compiled on first use (video avatars are CLI-only)."""
+        if self.generator.face_encoder is None:
+            return self.generator
+        with self._lock:
+            if self._whole is None:
+                s = self.settings
+                core = ov.Core()
+                props = cpu_properties(core, s.precision, s.threads(), s.ov_streams)
+                self._whole = Generator.load(core, s.models_dir / self.manifest["models"]["wav2lip"]["file"], s.batch_size, props)
+            return self._whole
 
     def _render(
         self,
