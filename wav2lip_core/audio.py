@@ -57,6 +57,15 @@ def decode_audio(data: bytes, max_seconds: float) -> Audio:
         audio = None  # not a format libsndfile knows: let FFmpeg try
     if audio is None:
         audio = _decode_pyav(data, max_seconds)
+    return checked(audio, max_seconds)
+
+
+def checked(audio: Audio, max_seconds: float) -> Audio:
+    """Refuse empty, over-long or non-finite audio; mix more than two channels down to mono."""
+    if audio.samples.ndim != 2:
+        raise BadRequest(f"audio samples must be (n, channels), got shape {audio.samples.shape}", code="bad_audio")
+    if audio.duration_s > max_seconds:
+        raise _too_long(audio.duration_s, max_seconds)
     if audio.samples.shape[0] == 0:
         raise BadRequest("audio has no samples", code="empty_audio")
     if audio.samples.shape[1] > 2:  # surround (5.1 AAC, multichannel WAV): the MP4's AAC track is mono or stereo

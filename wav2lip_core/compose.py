@@ -1,6 +1,6 @@
 """Crop, mask and paste-back, exactly as Wav2Lip's `inference.py` (pure numpy/cv2).
 
-Boxes are (x1, y1, x2, y2) pixels with x2/y2 exclusive: the crop is `frame[y1:y2, x1:x2]`.
+Boxes are `schema.Box`: (x1, y1, x2, y2) pixels with x2/y2 exclusive, the crop is `frame[y1:y2, x1:x2]`.
 """
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-IMG_SIZE = 96  # Wav2Lip's face crop side
-PASTE_MODES = ("box", "feather")
+from .schema import Box
 
-Box = tuple[int, int, int, int]
+IMG_SIZE = 96  # Wav2Lip's face crop side
 
 
 def round_to_even(frame: np.ndarray) -> np.ndarray:
@@ -68,8 +67,7 @@ class Paster:
     """Pastes mouths into one reusable frame buffer: only the box region ever changes."""
 
     def __init__(self, frame: np.ndarray, box: Box, mode: str = "box"):
-        if mode not in PASTE_MODES:
-            raise ValueError(f"paste mode must be one of {PASTE_MODES}, got {mode!r}")
+        """`mode` is an `Options.paste` value (checked there): "box" or "feather"."""
         self.frame = frame.copy()
         self.box = box
         x1, y1, x2, y2 = box

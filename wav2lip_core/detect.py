@@ -12,14 +12,19 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
-import openvino as ov
 
 from . import blazeface
-from .compose import Box
 from .errors import NoFace
+from .schema import Box
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+NO_FACE_HINT = "send a face box (x1, y1, x2, y2 in pixels) to skip detection"
 
 S3FD_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 S3FD_VARIANCES = (0.1, 0.2)
@@ -75,6 +80,12 @@ def s3fd_decode(outputs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(boxes) if boxes else np.zeros((0, 5))
 
 
+class Detector(Protocol):
+    name: str
+
+    def detect(self, bgr: np.ndarray) -> Detection | None: ...
+
+
 class S3FDDetector:
     name = "s3fd"
 
@@ -120,7 +131,7 @@ def apply_pads(det: Detection, pads: tuple[int, int, int, int], width: int, heig
 class FaceFinder:
     """Detector + downscaling for large frames + an LRU cache keyed by (pixels hash, detector, pads)."""
 
-    def __init__(self, detector: S3FDDetector | BlazeFaceDetector, max_side: int, cache_size: int):
+    def __init__(self, detector: Detector, max_side: int, cache_size: int):
         self.detector = detector
         self.max_side = max_side
         self.cache_size = cache_size
@@ -138,10 +149,10 @@ class FaceFinder:
                 return self._cache[key], True
         det = self._detect_scaled(bgr)
         if det is None:
-            raise NoFace(f"no face found in the {bgr.shape[1]}×{bgr.shape[0]} image ({self.detector.name})")
+            raise NoFace(f"no face found in the {bgr.shape[1]}×{bgr.shape[0]} image ({self.detector.name}); {NO_FACE_HINT}")
         box = apply_pads(det, pads, bgr.shape[1], bgr.shape[0])
         if box[2] - box[0] < 2 or box[3] - box[1] < 2:
-            raise NoFace(f"the face found is too small: box {list(box)}")
+            raise NoFace(f"the face found is too small: box {list(box)}; {NO_FACE_HINT}")
         with self._lock:
             self._cache[key] = box
             while len(self._cache) > self.cache_size:

@@ -9,30 +9,16 @@ encodes batch k the CPU plugin computes the next ones. Compiled once per process
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openvino as ov
 
 from .compose import to_mouths
 
-log = logging.getLogger(__name__)
-
-
-def cpu_properties(core: ov.Core, precision: str, threads: int, streams: int = 1) -> dict[str, object]:
-    """CPU plugin settings: explicit threads and streams, no pinning (several workers share the cores)."""
-    if precision == "auto":
-        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        precision = "bf16" if "BF16" in caps else "f32"
-    return {
-        "INFERENCE_NUM_THREADS": threads,
-        "INFERENCE_PRECISION_HINT": precision,
-        "ENABLE_CPU_PINNING": False,
-        "NUM_STREAMS": streams,
-    }
+if TYPE_CHECKING:
+    import openvino as ov
 
 
 class Generator:
@@ -43,21 +29,13 @@ class Generator:
         self.batch = batch
         self.face_encoder = face_encoder
 
-    @classmethod
-    def load(cls, core: ov.Core, xml: Path, batch: int, properties: dict[str, object], face_xml: Path | None = None) -> Generator:
-        """Compile the whole network (`xml` = wav2lip.xml) or, with `face_xml`, the split pair (`xml` = decoder)."""
-        model = core.read_model(xml)
-        model.reshape({"mel": [batch, 1, 80, 16]} | ({} if face_xml else {"face": [batch, 6, 96, 96]}))
-        compiled = core.compile_model(model, "CPU", properties)
-        encoder = core.compile_model(face_xml, "CPU", properties) if face_xml else None
-        actual = {k: str(compiled.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")}
-        actual["INFERENCE_PRECISION_HINT"] = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-        log.info("generator compiled (%s): batch %d, %s", "split" if face_xml else "whole", batch, actual)
-        return cls(compiled, batch, encoder)
-
     @property
     def precision(self) -> str:
         return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    @property
+    def split(self) -> bool:
+        return self.face_encoder is not None
 
     def _constant_inputs(self, face: np.ndarray) -> dict[str, np.ndarray]:
         """The inputs that are the same for every batch of a still avatar."""
@@ -81,7 +59,7 @@ class Generator:
         requests = [self.compiled.create_infer_request() for _ in range(in_flight)]
         for request in requests:
             for name, value in constant.items():
-                request.set_tensor(name, ov.Tensor(value))  # shares `value`'s memory: set once per request
+                request.get_tensor(name).data[...] = value  # constant for the whole clip: set once per request
         pending: deque[tuple[ov.InferRequest, int]] = deque()
         try:
             for k, start in enumerate(range(0, len(mels), self.batch)):

@@ -1,8 +1,9 @@
-"""The `/api/generate` JSON body → validated bytes and options. Every refusal is a typed 4xx.
+"""The `/api/generate` JSON body → media bytes and `Options`. Every refusal is a typed 4xx.
 
 Base64 is decoded strictly: data-URL prefixes, whitespace, missing padding and the URL-safe
 alphabet are accepted; any other character is an error (Python's default decoder silently
-drops them). Unknown fields are ignored, so clients may send extra metadata.
+drops them). Unknown fields are ignored, so clients may send extra metadata. The options are
+declared and checked in `schema.Options`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ import json
 import re
 from dataclasses import dataclass
 
-from .compose import PASTE_MODES
 from .errors import BadRequest
-from .pipeline import DEFAULT_PADS, Options
+from .schema import Options
 
 _DATA_URL = re.compile(r"^data:[^,]{0,200},", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 _URLSAFE = str.maketrans("-_", "+/")
-MAX_PAD = 4096  # pixels; pads beyond any supported image side make no sense
 
 
 @dataclass
@@ -69,22 +68,6 @@ def parse_json(body: bytes) -> dict:
     return value
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _ints(body: dict, name: str, lo: int, hi: int) -> tuple[int, int, int, int] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 4 or not all(_is_int(v) or (isinstance(v, float) and v.is_integer()) for v in value):
-        raise BadRequest(f"{name} must be a list of 4 integers, got {json.dumps(value)[:80]}", code=f"invalid_{name}")
-    ints = tuple(int(v) for v in value)
-    if not all(lo <= v <= hi for v in ints):
-        raise BadRequest(f"{name} values must be between {lo} and {hi}, got {list(ints)}", code=f"invalid_{name}")
-    return ints  # type: ignore[return-value]
-
-
 def _media(body: dict, name: str) -> bytes:
     value = body.get(name)
     if value is None:
@@ -95,21 +78,7 @@ def _media(body: dict, name: str) -> bytes:
 
 
 def parse_generate(body: bytes) -> GenerateRequest:
-    """Validate the whole request body before any expensive work."""
+    """Validate the whole request body before any expensive work (options first: they are cheap)."""
     obj = parse_json(body)
-    fps = obj.get("fps", 25)
-    if fps is None:
-        fps = 25
-    # the range test also refuses NaN and ±inf; math.isfinite() would overflow on a 400-digit integer
-    if not (_is_int(fps) or isinstance(fps, float)) or not 1 <= fps <= 60:
-        raise BadRequest(f"fps must be a number between 1 and 60, got {json.dumps(fps)[:40]}", code="invalid_fps")
-    paste = obj.get("paste", "box")
-    if paste is None:
-        paste = "box"
-    if paste not in PASTE_MODES:
-        raise BadRequest(f"paste must be one of {list(PASTE_MODES)}, got {json.dumps(paste)[:40]}", code="invalid_paste")
-    pads = _ints(obj, "pads", -MAX_PAD, MAX_PAD) or DEFAULT_PADS
-    box = _ints(obj, "box", 0, 1 << 20)
-    image = _media(obj, "image")
-    audio = _media(obj, "audio")
-    return GenerateRequest(image, audio, Options(fps=float(fps), pads=pads, box=box, paste=paste))
+    options = Options.from_json(obj)
+    return GenerateRequest(_media(obj, "image"), _media(obj, "audio"), options)

@@ -28,11 +28,9 @@ def _planes(i420: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 class Mp4Writer:
-    """Open with the frame size, rate and audio; `write()` BGR frames; `finish()` returns the MP4 bytes."""
+    """Open with the frame size and rate; `add_audio()` the track; `write()` BGR frames; `finish()` returns the MP4."""
 
-    def __init__(
-        self, width: int, height: int, fps: float, audio: Audio, preset: str = "veryfast", crf: int = 18, params: str = "", threads: int = 1
-    ):
+    def __init__(self, width: int, height: int, fps: float, preset: str = "veryfast", crf: int = 18, params: str = "", threads: int = 1):
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even sides, got {width}×{height}")
         self.buffer = io.BytesIO()
@@ -45,9 +43,9 @@ class Mp4Writer:
         self.video.options = {"preset": preset, "crf": str(crf), "threads": str(threads)} | ({"x264-params": params} if params else {})
         self.frames = 0
         self._yuv: np.ndarray | None = None  # the last frame as I420, (h * 3 / 2, w)
-        self._encode_audio(audio)
 
-    def _encode_audio(self, audio: Audio) -> None:
+    def add_audio(self, audio: Audio) -> None:
+        """Encode the whole audio track to AAC (call once, before or between frames)."""
         samples = audio.samples  # mono or stereo (decode_audio mixes more channels down)
         channels = samples.shape[1]
         if channels > 2:

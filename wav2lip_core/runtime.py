@@ -1,0 +1,171 @@
+"""The one owner of OpenVINO: the manifest the converter writes, one Core with the compile cache and
+explicit CPU properties, compiling, and the detector factory.
+
+Everything else receives compiled models and only runs them. OpenVINO is not fork-safe: build a
+`Runtime` after fork (gunicorn's `post_worker_init`), never in the master.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+
+from .config import Settings
+from .detect import BlazeFaceDetector, Detector, S3FDDetector
+from .errors import ModelsMissing
+from .generator import Generator
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+GENERATOR, S3FD, BLAZEFACE = "wav2lip", "s3fd", "blazeface"  # the manifest's model keys
+CONVERT_HINT = "python convert_to_openvino.py --random-init 0 --out {d}   (or: make models)"
+# Detectors run once per avatar: exactness over speed (f32, one stream).
+DETECTOR_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
+
+
+@dataclass
+class SplitFiles:
+    """The generator cut in two for still avatars: the face encoder runs once, the decoder per batch."""
+
+    face_encoder: str
+    decoder: str
+
+
+@dataclass
+class ModelFile:
+    """One IR in the models folder and where its weights came from."""
+
+    file: str
+    precision: str
+    weights: str = "real"  # "real" (a checkpoint or a shipped model) or "random" (--random-init)
+    source: str | None = None  # checkpoint or .tflite file name
+    sha256: str | None = None
+    seed: int | None = None
+    split: SplitFiles | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ModelFile:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in obj.items() if k in known}
+        if isinstance(values.get("split"), dict):
+            values["split"] = SplitFiles(**values["split"])
+        return cls(**values)
+
+    def files(self) -> list[str]:
+        return [self.file] + ([self.split.face_encoder, self.split.decoder] if self.split else [])
+
+
+@dataclass
+class Manifest:
+    """`manifest.json`: which IR files exist, which detector serves, and their provenance."""
+
+    detector: str
+    models: dict[str, ModelFile]
+    openvino_version: str = field(default_factory=ov.get_version)
+    created: str = ""
+
+    @property
+    def generator(self) -> ModelFile:
+        return self.models[GENERATOR]
+
+    def write(self, directory: Path) -> Path:
+        path = directory / MANIFEST
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        """The converter's manifest with every file it names present, or ModelsMissing naming the fix."""
+        path = directory / MANIFEST
+        hint = CONVERT_HINT.format(d=directory)
+        if not path.is_file():
+            raise ModelsMissing(f"no OpenVINO IR in {directory}/ (manifest.json missing). Create it with: {hint}")
+        try:
+            obj = json.loads(path.read_text())
+            manifest = cls(obj["detector"], {k: ModelFile.from_json(v) for k, v in obj["models"].items()},
+                           obj.get("openvino_version", ""), obj.get("created", ""))  # fmt: skip
+            needed = [*manifest.generator.files(), manifest.models[manifest.detector].file]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelsMissing(f"{path} is not a manifest written by convert_to_openvino.py ({e!r}). Recreate it with: {hint}") from e
+        for name in needed:
+            if not (directory / name).is_file():
+                raise ModelsMissing(f"{directory}/{name} is missing. Recreate it with: {hint}")
+        return manifest
+
+
+def cpu_properties(core: ov.Core, precision: str, threads: int, streams: int = 1) -> dict[str, object]:
+    """CPU plugin settings: explicit threads and streams, no pinning (several workers share the cores)."""
+    if precision == "auto":
+        precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": False, "NUM_STREAMS": streams}
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+
+class Runtime:
+    """One OpenVINO Core per process; compiles the IR named by the manifest with one set of CPU properties."""
+
+    def __init__(self, settings: Settings, manifest: Manifest):
+        self.settings = settings
+        self.manifest = manifest
+        self.core = ov.Core()
+        if settings.cache_dir is not None:
+            self.core.set_property({"CACHE_DIR": str(settings.cache_dir)})
+        self.properties = cpu_properties(self.core, settings.precision, settings.threads(), settings.ov_streams)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        return cls(settings, Manifest.read(settings.models_dir))
+
+    def compile(self, file: str, shapes: dict[str, list[int]] | None = None, **overrides: object) -> ov.CompiledModel:
+        """Compile one IR of the models folder, reshaped to static `shapes`, with this runtime's properties."""
+        model = self.core.read_model(self.settings.models_dir / file)
+        if shapes:
+            model.reshape(shapes)
+        return self.core.compile_model(model, "CPU", self.properties | overrides)
+
+    def still_generator(self) -> Generator:
+        """The generator for still avatars: split (face encoder once per request) when the IR has it."""
+        entry, batch = self.manifest.generator, self.settings.batch_size
+        if entry.split is None or not self.settings.split_generator:
+            return self.clip_generator()
+        decoder = self.compile(entry.split.decoder, {"mel": [batch, 1, 80, 16]})
+        encoder = self.compile(entry.split.face_encoder)
+        return self._log(Generator(decoder, batch, encoder), "split")
+
+    @functools.cached_property
+    def _whole(self) -> Generator:
+        batch = self.settings.batch_size
+        compiled = self.compile(self.manifest.generator.file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]})
+        return self._log(Generator(compiled, batch), "whole")
+
+    def clip_generator(self) -> Generator:
+        """The whole network (a face input per frame: video avatars); compiled on first use, then shared."""
+        with self._lock:
+            return self._whole
+
+    def detector(self) -> Detector:
+        """The manifest's detector, compiled f32."""
+        name = self.manifest.detector
+        compiled = self.compile(self.manifest.models[name].file, **DETECTOR_PROPERTIES)
+        return S3FDDetector(compiled) if name == S3FD else BlazeFaceDetector(compiled)
+
+    @staticmethod
+    def _log(generator: Generator, kind: str) -> Generator:
+        c = generator.compiled
+        actual = {k: str(c.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")} | {"precision": compiled_precision(c)}
+        log.info("generator compiled (%s): batch %d, %s", kind, generator.batch, actual)
+        return generator
