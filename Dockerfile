@@ -37,8 +37,10 @@ RUN W=; for f in checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth; do [ -f "$
     fi
 
 FROM ${PYTHON_IMAGE} AS runtime
+# BIND: the server's default is loopback (127.0.0.1:$PORT), which a published port cannot reach inside a
+# container; listen on every interface of the container, and set API_KEY when the port is public.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    MODELS_DIR=/app/ir_models OV_CACHE_DIR=/app/ov_cache PORT=8000
+    MODELS_DIR=/app/ir_models OV_CACHE_DIR=/app/ov_cache PORT=8000 BIND=0.0.0.0:8000
 WORKDIR /app
 COPY requirements.txt ./
 RUN pip install -r requirements.txt

@@ -1,4 +1,4 @@
-"""gunicorn settings, all from the environment; defaults are right for a 2-core box.
+"""gunicorn settings, all from `Settings.from_env()` (README: Configuration); defaults are right for a 2-core box.
 
 OpenVINO is not fork-safe: the master never imports the models (preload_app is off) and each
 worker compiles them after fork, in `post_worker_init`.
@@ -17,22 +17,22 @@ try:
 except ValueError as e:
     sys.exit(f"configuration error: {e}")
 
-bind = os.environ.get("BIND", f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+bind = _s.bind_address()  # BIND, else 127.0.0.1:$PORT: loopback unless asked, as there is no API key by default
 workers = _s.workers  # WEB_CONCURRENCY
 worker_class = "gthread"
 threads = _s.max_concurrent + _s.max_queue + 2  # computing + queued + room for probes and quick 503s
 preload_app = False  # never load OpenVINO in the master
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))  # heartbeat; gthread workers beat while requests run
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", str(int(_s.request_timeout_s) + 10)))
+timeout = _s.gunicorn_timeout  # heartbeat; gthread workers beat while requests run
+graceful_timeout = _s.graceful_timeout_s()  # GRACEFUL_TIMEOUT, else the request deadline + 10 s
 keepalive = 5
-max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))  # safety net against slow leaks
-max_requests_jitter = int(os.environ.get("MAX_REQUESTS_JITTER", "100"))
+max_requests = _s.max_requests  # safety net against slow leaks
+max_requests_jitter = _s.max_requests_jitter
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 limit_request_line = 8190
 control_socket_disable = True  # gunicorn 27's default control socket is shared by every instance on the host
 accesslog = None  # the app logs one JSON line per request itself
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = _s.log_level
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,11 +1,43 @@
-"""Settings from the environment, in one dataclass. Every variable is listed in the README."""
+"""Settings from the environment, in one dataclass.
+
+Each setting is declared once, as a field whose metadata carries its variable, what it allows and a
+one-line doc: `Settings.from_env()` reads and checks every field from those declarations, and
+`markdown_table()` renders the README's table from them (tests/test_config.py compares the two).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+# Free-form types: how a variable's text becomes the value, and what the table says they allow.
+_FREE: dict[object, tuple[Any, str]] = {
+    str: (str, "text"),
+    Path: (Path, "a path"),
+    Path | None: (lambda raw: Path(raw) if raw else None, "a path, or empty"),
+    tuple[str, ...]: (lambda raw: tuple(p.strip() for p in raw.split(",") if p.strip()), "comma-separated"),
+}
+
+
+@dataclass(frozen=True)
+class Env:
+    """How one setting is read: its variable, its bounds (numbers) or choices (words), its meaning."""
+
+    var: str
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+def setting(default: Any, var: str, doc: str, lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field read from the variable `var`: numbers between `lo` and `hi`, words among `choices`."""
+    return field(default=default, metadata={"env": Env(var, doc, lo, hi, choices)})
 
 
 def _cpu_count() -> int:
@@ -15,98 +47,162 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default).strip()
-
-
-def _number(name: str, default: float, lo: float, hi: float, cast: type[int] | type[float]) -> Any:
-    raw = _env(name, str(default))
-    try:
-        value = cast(raw)
-    except ValueError as e:
-        raise ValueError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {raw!r}") from e
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-def _int(name: str, default: int, lo: int, hi: int) -> int:
-    return _number(name, default, lo, hi, int)
-
-
-def _float(name: str, default: float, lo: float, hi: float) -> float:
-    return _number(name, default, lo, hi, float)
-
-
 @dataclass(frozen=True)
 class Settings:
-    """Runtime settings; `Settings.from_env()` reads them, validating each."""
+    """Runtime settings; `Settings()` has the defaults, `Settings.from_env()` reads and checks each variable."""
 
-    models_dir: Path = Path("ir_models")
-    precision: str = "auto"  # auto | f32 | bf16 | f16: the CPU plugin's inference precision
-    workers: int = 1
-    ov_threads: int = 0  # 0: cores ÷ workers
-    ov_streams: int = 1  # CPU plugin streams per worker; the threads are shared among them
-    batch_size: int = 16  # generator frames per inference call (static shape)
-    split_generator: bool = True  # face encoder once per request + decoder per batch (still avatars)
-    cache_dir: Path | None = Path("ov_cache")  # OpenVINO compiled-blob cache: fast worker restarts
-    detect_max_side: int = 640  # larger images are downscaled for detection, boxes scaled back
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_audio_seconds: float = 300.0
-    max_image_pixels: int = 4096 * 4096
-    max_output_side: int = 0  # 0: output has the input's resolution (rounded down to even)
-    max_concurrent: int = 1  # requests computed at once per worker
-    max_queue: int = 2  # requests waiting for a slot per worker; beyond that 503 + Retry-After at once
-    queue_timeout_s: float = 30.0  # a queued request waits at most this long, then 503
-    request_timeout_s: float = 300.0  # per-request deadline → 504
-    api_key: str = ""
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    x264_preset: str = "veryfast"
-    x264_params: str = "subme=1"  # bench: −20 % encoder CPU vs veryfast's subme=2 at the same size and PSNR
-    x264_crf: int = 18
-    face_cache_size: int = 256
+    # setting() returns a dataclasses.field, which ruff's RUF009 cannot tell; a Path is immutable, so one default is shared safely
+    models_dir: Path = setting(Path("ir_models"), "MODELS_DIR", "where the IR and `manifest.json` are")  # noqa: RUF009
+    precision: str = setting(
+        "auto",
+        "PRECISION",
+        "CPU inference precision; `auto`: bf16 if the CPU has it natively, else f32",
+        choices=("auto", "f32", "bf16", "f16"),
+    )
+    workers: int = setting(1, "WEB_CONCURRENCY", "gunicorn workers; each compiles its own models (~300 MB)", 1, 64)
+    ov_threads: int = setting(0, "INFERENCE_NUM_THREADS", "OpenVINO threads per worker (CPU pinning is off); 0: cores ÷ workers", 0, 256)
+    ov_streams: int = setting(1, "INFERENCE_NUM_STREAMS", "CPU plugin streams per worker; the threads are shared among them", 1, 64)
+    batch_size: int = setting(16, "BATCH_SIZE", "generator frames per inference call (static shape)", 1, 256)
+    split_generator: bool = setting(
+        True, "SPLIT_GENERATOR", "run the face encoder once per request (still avatar), then only the decoder per batch"
+    )
+    cache_dir: Path | None = setting(  # noqa: RUF009
+        Path("ov_cache"), "OV_CACHE_DIR", "compiled-model cache: fast worker restarts; empty disables it"
+    )
+    detect_max_side: int = setting(640, "DETECT_MAX_SIDE", "images are downscaled to this for detection; boxes scaled back", 128, 4096)
+    max_request_bytes: int = setting(64 * 1024 * 1024, "MAX_REQUEST_BYTES", "body limit (64 MiB) → `413`", 1024, 2**31)
+    max_audio_seconds: float = setting(300.0, "MAX_AUDIO_SECONDS", "audio limit → `422 audio_too_long`", 0.1, 3600.0)
+    max_image_pixels: int = setting(
+        4096 * 4096, "MAX_IMAGE_PIXELS", "image limit (4096²), read from the header → `422 image_too_large`", 64, 2**28
+    )
+    max_output_side: int = setting(
+        0, "MAX_OUTPUT_SIDE", "larger images are scaled down so the longer side fits; 0: the input's resolution", 0, 8192
+    )
+    max_concurrent: int = setting(1, "MAX_CONCURRENT", "requests computed at once per worker", 1, 64)
+    max_queue: int = setting(2, "MAX_QUEUE", "requests waiting per worker; beyond that `503` + `Retry-After` at once", 0, 1024)
+    queue_timeout_s: float = setting(30.0, "QUEUE_TIMEOUT_S", "longest wait in the queue before `503`, seconds", 0.0, 3600.0)
+    request_timeout_s: float = setting(300.0, "REQUEST_TIMEOUT_S", "per-request deadline → `504`, work stopped; seconds", 1.0, 3600.0)
+    api_key: str = setting("", "API_KEY", "if set, `/api/*` needs `Authorization: Bearer <key>` (constant-time compare)")
+    cors_origins: tuple[str, ...] = setting((), "CORS_ORIGINS", "allowed browser origins, or `*`")
+    x264_preset: str = setting(
+        "veryfast",
+        "X264_PRESET",
+        "H.264 encoder speed",
+        choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"),
+    )
+    # bench: subme=1 takes 20 % less encoder CPU than veryfast's subme=2 at the same size and PSNR
+    x264_params: str = setting("subme=1", "X264_PARAMS", "extra x264 options, `key=value:key=value`")
+    x264_crf: int = setting(18, "X264_CRF", "H.264 quality: lower is better and larger", 0, 51)
+    face_cache_size: int = setting(
+        256, "FACE_CACHE_SIZE", "face boxes cached per worker, keyed by (pixels hash, detector, pads)", 0, 100_000
+    )
+    # gunicorn (read by gunicorn.conf.py)
+    port: int = setting(8000, "PORT", "port of the default listen address", 1, 65535)
+    bind: str = setting(
+        "",
+        "BIND",
+        "listen address; empty: `127.0.0.1:$PORT`, loopback only (there is no API key by default); "
+        "`0.0.0.0:8000` listens on every interface",
+    )
+    gunicorn_timeout: int = setting(
+        120, "GUNICORN_TIMEOUT", "seconds a silent worker lives before it is restarted (busy workers still beat); 0: never", 0, 86400
+    )
+    graceful_timeout: int = setting(
+        0, "GRACEFUL_TIMEOUT", "seconds workers get to finish their requests on stop; 0: `REQUEST_TIMEOUT_S` + 10", 0, 86400
+    )
+    max_requests: int = setting(
+        1000, "MAX_REQUESTS", "a worker is replaced after this many requests (against slow leaks); 0: never", 0, 10**9
+    )
+    max_requests_jitter: int = setting(
+        100, "MAX_REQUESTS_JITTER", "up to this many requests added to `MAX_REQUESTS` per worker, so they restart apart", 0, 10**9
+    )
+    log_level: str = setting("info", "LOG_LEVEL", "gunicorn and app log level", choices=("debug", "info", "warning", "error", "critical"))
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read every setting from its environment variable (names in the README)."""
-        workers = _int("WEB_CONCURRENCY", 1, 1, 64)
-        cache = _env("OV_CACHE_DIR", "ov_cache")
-        precision = _env("PRECISION", "auto").lower()
-        if precision not in ("auto", "f32", "bf16", "f16"):
-            raise ValueError(f"PRECISION must be auto, f32, bf16 or f16, got {precision!r}")
-        origins = tuple(o.strip() for o in _env("CORS_ORIGINS", "").split(",") if o.strip())
-        return cls(
-            models_dir=Path(_env("MODELS_DIR", "ir_models")),
-            precision=precision,
-            workers=workers,
-            ov_threads=_int("INFERENCE_NUM_THREADS", 0, 0, 256),
-            ov_streams=_int("INFERENCE_NUM_STREAMS", 1, 1, 64),
-            batch_size=_int("BATCH_SIZE", 16, 1, 256),
-            split_generator=_env("SPLIT_GENERATOR", "1") not in ("0", "false", "no", "off"),
-            cache_dir=Path(cache) if cache else None,
-            detect_max_side=_int("DETECT_MAX_SIDE", 640, 128, 4096),
-            max_request_bytes=_int("MAX_REQUEST_BYTES", 64 * 1024 * 1024, 1024, 2**31),
-            max_audio_seconds=_float("MAX_AUDIO_SECONDS", 300.0, 0.1, 3600.0),
-            max_image_pixels=_int("MAX_IMAGE_PIXELS", 4096 * 4096, 64, 2**28),
-            max_output_side=_int("MAX_OUTPUT_SIDE", 0, 0, 8192),
-            max_concurrent=_int("MAX_CONCURRENT", 1, 1, 64),
-            max_queue=_int("MAX_QUEUE", 2, 0, 1024),
-            queue_timeout_s=_float("QUEUE_TIMEOUT_S", 30.0, 0.0, 3600.0),
-            request_timeout_s=_float("REQUEST_TIMEOUT_S", 300.0, 1.0, 3600.0),
-            api_key=_env("API_KEY", ""),
-            cors_origins=origins,
-            x264_preset=_env("X264_PRESET", "veryfast"),
-            x264_params=_env("X264_PARAMS", "subme=1"),
-            x264_crf=_int("X264_CRF", 18, 0, 51),
-            face_cache_size=_int("FACE_CACHE_SIZE", 256, 0, 100_000),
-        )
+        """Read every setting from its variable (unset: the default); a bad value raises ValueError naming it."""
+        kinds = get_type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            spec: Env = f.metadata["env"]
+            raw = os.environ.get(spec.var)
+            if raw is not None:
+                values[f.name] = _parse(raw.strip(), kinds[f.name], spec)
+        return cls(**values)
 
     def threads(self) -> int:
         """OpenVINO inference threads for this process: the setting, or cores ÷ workers."""
         return self.ov_threads or max(1, _cpu_count() // self.workers)
+
+    def bind_address(self) -> str:
+        """gunicorn's listen address: the setting, or loopback on the port."""
+        return self.bind or f"127.0.0.1:{self.port}"
+
+    def graceful_timeout_s(self) -> int:
+        """Seconds workers get to finish on stop: the setting, or the request deadline + 10."""
+        return self.graceful_timeout or int(self.request_timeout_s) + 10
 
     def describe(self) -> dict[str, object]:
         """Settings as JSON-safe values, the API key hidden."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["api_key"] = "set" if self.api_key else ""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def _either(words: tuple[str, ...]) -> str:
+    return ", ".join(words[:-1]) + f" or {words[-1]}"
+
+
+def allowed(kind: object, spec: Env) -> str:
+    """What a variable accepts, in words: used by the error messages and the README table."""
+    if kind is bool:
+        return _either(tuple(word for pair in zip(TRUE, FALSE, strict=True) for word in pair))
+    if kind in (int, float):
+        return f"between {as_text(spec.lo)} and {as_text(spec.hi)}"
+    if spec.choices:
+        return _either(spec.choices)
+    return _FREE[kind][1]
+
+
+def _parse(raw: str, kind: object, spec: Env) -> object:
+    """One variable's text as the field's type, checked against its bounds or choices."""
+    if kind is bool or spec.choices:
+        word = raw.lower()
+        if word not in (spec.choices or TRUE + FALSE):
+            raise ValueError(f"{spec.var} must be {allowed(kind, spec)}, got {raw!r}")
+        return word in TRUE if kind is bool else word
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except ValueError as e:
+            raise ValueError(f"{spec.var} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from e
+        if not spec.lo <= value <= spec.hi:
+            raise ValueError(f"{spec.var} must be {allowed(kind, spec)}, got {as_text(value)}")
+        return value
+    return _FREE[kind][0](raw)
+
+
+def as_text(value: object) -> str:
+    """A default written as its variable's text: `from_env` with this text gives the value back."""
+    if isinstance(value, bool):
+        return TRUE[0] if value else FALSE[0]
+    if isinstance(value, float):
+        return str(value).removesuffix(".0")  # 300.0 → "300"; str() keeps every digit, unlike :g
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return "" if value is None else str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, one row per setting, from the declarations above."""
+    kinds = get_type_hints(Settings)
+    rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        spec: Env = f.metadata["env"]
+        text = as_text(f.default)
+        rows.append(f"| `{spec.var}` | {f'`{text}`' if text else 'empty'} | {allowed(kinds[f.name], spec)} | {spec.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

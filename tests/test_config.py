@@ -1,0 +1,132 @@
+"""Settings from the environment: defaults, parsing, refusals, and the README's table kept true."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from wav2lip_core.config import Settings, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+VARS = [f.metadata["env"].var for f in fields(Settings)]
+ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (empty|`[^`]*`) \|")
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with none of the declared variables; set some with `env.setenv`."""
+    for var in VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def readme_rows() -> list[tuple[str, str]]:
+    """(variable, default text) for each row of the README's configuration table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
+    rows = [m.groups() for m in map(ROW.match, section.splitlines()) if m]
+    return [(var, "" if cell == "empty" else cell.strip("`")) for var, cell in rows]
+
+
+def test_an_empty_environment_gives_the_defaults(env: pytest.MonkeyPatch) -> None:
+    s = Settings.from_env()
+    assert s == Settings()
+    assert (s.models_dir, s.cache_dir, s.precision, s.batch_size, s.split_generator) == (
+        Path("ir_models"),
+        Path("ov_cache"),
+        "auto",
+        16,
+        True,
+    )
+    assert (s.bind_address(), s.graceful_timeout_s(), s.gunicorn_timeout, s.log_level) == ("127.0.0.1:8000", 310, 120, "info")
+
+
+def test_the_readme_table_lists_every_setting_once_with_its_default(env: pytest.MonkeyPatch) -> None:
+    rows = readme_rows()
+    twice = [var for var, n in Counter(var for var, _ in rows).items() if n > 1]
+    assert not twice, f"README lists {twice} more than once"
+    assert [var for var, _ in rows] == VARS, "README's variables differ from wav2lip_core/config.py: paste `python -m wav2lip_core.config`"
+    for var, default in rows:  # the README's defaults, given as the environment, must read as the declared defaults
+        env.setenv(var, default)
+    read, declared = Settings.from_env(), {f.metadata["env"].var: f for f in fields(Settings)}
+    wrong = {var: text for var, text in rows if getattr(read, declared[var].name) != declared[var].default}
+    assert not wrong, f"README's defaults differ from wav2lip_core/config.py: {wrong}"
+    assert markdown_table() in (ROOT / "README.md").read_text(), "README's table is stale: paste `python -m wav2lip_core.config`"
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "message"),
+    [
+        ("BATCH_SIZE", "abc", "BATCH_SIZE must be an integer, got 'abc'"),
+        ("WEB_CONCURRENCY", "", "WEB_CONCURRENCY must be an integer, got ''"),
+        ("BATCH_SIZE", "0", "BATCH_SIZE must be between 1 and 256, got 0"),
+        ("PORT", "70000", "PORT must be between 1 and 65535, got 70000"),
+        ("MAX_AUDIO_SECONDS", "lots", "MAX_AUDIO_SECONDS must be a number, got 'lots'"),
+        ("MAX_AUDIO_SECONDS", "nan", "MAX_AUDIO_SECONDS must be between 0.1 and 3600, got nan"),
+        ("PRECISION", "f64", "PRECISION must be auto, f32, bf16 or f16, got 'f64'"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL must be debug, info, warning, error or critical, got 'loud'"),
+        ("SPLIT_GENERATOR", "maybe", "SPLIT_GENERATOR must be 1, 0, true, false, yes, no, on or off, got 'maybe'"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_variable(env: pytest.MonkeyPatch, var: str, raw: str, message: str) -> None:
+    env.setenv(var, raw)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("1", True), ("TRUE", True), (" yes ", True), ("On", True), ("0", False), ("false", False), ("No", False), ("off", False)],
+)
+def test_booleans(env: pytest.MonkeyPatch, raw: str, value: bool) -> None:
+    env.setenv("SPLIT_GENERATOR", raw)
+    assert Settings.from_env().split_generator is value
+
+
+def test_text_lists_paths_and_words(env: pytest.MonkeyPatch) -> None:
+    for var, raw in [
+        ("OV_CACHE_DIR", ""),
+        ("CORS_ORIGINS", " https://a.example , ,*"),
+        ("PRECISION", "BF16"),
+        ("MAX_AUDIO_SECONDS", "12.5"),
+    ]:
+        env.setenv(var, raw)
+    s = Settings.from_env()
+    assert (s.cache_dir, s.cors_origins, s.precision, s.max_audio_seconds) == (None, ("https://a.example", "*"), "bf16", 12.5)
+
+
+def test_derived_defaults_follow_their_sources(env: pytest.MonkeyPatch) -> None:
+    env.setenv("PORT", "8080")
+    env.setenv("REQUEST_TIMEOUT_S", "60")
+    s = Settings.from_env()
+    assert (s.bind_address(), s.graceful_timeout_s()) == ("127.0.0.1:8080", 70)
+    env.setenv("BIND", "0.0.0.0:9000")
+    env.setenv("GRACEFUL_TIMEOUT", "5")
+    s = Settings.from_env()
+    assert (s.bind_address(), s.graceful_timeout_s()) == ("0.0.0.0:9000", 5)
+
+
+def test_describe_is_json_and_hides_the_api_key(env: pytest.MonkeyPatch) -> None:
+    env.setenv("API_KEY", "secret-123")
+    described = json.dumps(Settings.from_env().describe())
+    assert "secret-123" not in described
+    assert json.loads(described)["api_key"] == "set"
+
+
+def test_gunicorn_conf_reads_settings_and_stops_on_a_bad_variable(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the conf sets it when unset; this keeps it out of os.environ
+    env.setenv("PORT", "8123")
+    env.setenv("LOG_LEVEL", "WARNING")
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert (conf["bind"], conf["graceful_timeout"], conf["timeout"], conf["loglevel"]) == ("127.0.0.1:8123", 310, 120, "warning")
+    assert conf["threads"] == 1 + 2 + 2 and conf["preload_app"] is False
+    env.setenv("BATCH_SIZE", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert stopped.value.code == "configuration error: BATCH_SIZE must be an integer, got 'abc'"
