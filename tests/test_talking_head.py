@@ -16,6 +16,7 @@ from media import decode_mp4
 
 from wav2lip_core import Avatar, TalkingHead
 from wav2lip_core.errors import BadRequest, LimitExceeded
+from wav2lip_core.runtime import Manifest
 
 BOX = (180, 70, 280, 215)
 
@@ -65,7 +66,8 @@ def test_readme_cli_line_runs_as_written(workdir: Path) -> None:
 
 def test_info_says_what_is_served(head: TalkingHead) -> None:
     info = head.info()
-    assert info["detector"] == "blazeface" and info["generator_weights"] == "random"
+    assert info["detector"] == "blazeface"
+    assert info["generator_weights"] == Manifest.read(head.settings.models_dir).generator.weights == "real"  # a seeded checkpoint
     assert info["precision"] in ("bf16", "f32") and info["batch_size"] == head.settings.batch_size
     assert info["threads"] >= 1 and info["openvino"]
 
