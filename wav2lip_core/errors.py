@@ -1,21 +1,24 @@
 """Typed errors: each carries the HTTP status and a stable machine-readable code.
 
-The server maps any `LipSyncError` to `{"error": {"code", "message"}}`; the CLI prints the message.
-Codes are part of the API contract: never rename one.
+The server maps any `LipSyncError` to `{"error": {"code", "message"}}` (plus a `Retry-After` header
+when the error carries `retry_after`); the CLI prints the message. Codes are part of the API contract:
+never rename one.
 """
 
 from __future__ import annotations
 
 
 class LipSyncError(Exception):
-    """Base class: `status` is the HTTP status, `code` the stable error code."""
+    """Base class: `status` is the HTTP status, `code` the stable error code, `retry_after` the seconds
+    after which retrying may succeed (None: no `Retry-After`, retrying as is cannot help)."""
 
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
         if code is not None:
             self.code = code
         if status is not None:
@@ -49,10 +52,14 @@ class LimitExceeded(LipSyncError):
 
 
 class Busy(LipSyncError):
+    """Over capacity; the gate that raises it sets `retry_after` to its estimate."""
+
     status, code = 503, "busy"
 
 
 class NotReady(LipSyncError):
+    """Models still loading; raised with a `retry_after`."""
+
     status, code = 503, "not_ready"
 
 
@@ -61,7 +68,7 @@ class DeadlineExceeded(LipSyncError):
 
 
 class ModelsMissing(LipSyncError):
-    """The IR is absent or incomplete; the message names the command that creates it."""
+    """The IR is absent or incomplete; the message names the command that creates it (no `retry_after`)."""
 
     status, code = 503, "models_missing"
 
