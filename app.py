@@ -3,7 +3,7 @@
 Run with `gunicorn -c gunicorn.conf.py app:app`: each worker compiles the IR after fork, in a
 background thread, and `/health` answers 503 until the models are compiled and warmed. Request ids,
 auth, CORS, the access log and error JSON are hooks in wav2lip_core/web.py; admission is
-wav2lip_core/gate.py. Lines marked `# pipeline` are the only ones that touch the pipeline's API.
+wav2lip_core/gate.py; the lip-sync itself is `TalkingHead` (wav2lip_core/api.py), as for any embedder.
 """
 
 from __future__ import annotations
@@ -14,26 +14,25 @@ import os
 import threading
 import time
 
-import openvino as ov
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from wav2lip_core import metrics
+from wav2lip_core import TalkingHead, metrics
 from wav2lip_core.config import Settings
 from wav2lip_core.errors import ModelsMissing, NotReady
 from wav2lip_core.gate import Gate
-from wav2lip_core.payload import parse_generate  # pipeline
-from wav2lip_core.pipeline import LipSync, Result  # pipeline
+from wav2lip_core.payload import parse_generate
+from wav2lip_core.schema import Result
 from wav2lip_core.web import install_hooks, log_fields, require_json_body
 
 log = logging.getLogger("wav2lip.app")
 
 
 class Models:
-    """This worker's LipSync, loaded once in a background thread; the state the probes report."""
+    """This worker's TalkingHead, loaded once in a background thread; the state the probes report."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.lipsync: LipSync | None = None
+        self.head: TalkingHead | None = None
         self.error: str | None = None
         self._started = False
         self._lock = threading.Lock()
@@ -49,7 +48,7 @@ class Models:
     def _load(self) -> None:
         t0 = time.perf_counter()
         try:
-            self.lipsync = LipSync.load(self.settings)  # pipeline
+            self.head = TalkingHead.load(settings=self.settings)
         except ModelsMissing as e:
             self.error = e.message
             log.error("%s", e.message)
@@ -60,27 +59,19 @@ class Models:
             return
         log.info("models ready in %.1f s", time.perf_counter() - t0, extra={"fields": self.describe()})
 
-    def ready(self, retry_after: int) -> LipSync:
-        """The compiled LipSync, or the 503 that says why not (retrying cannot fix missing models)."""
-        if (lipsync := self.lipsync) is not None:
-            return lipsync
+    def ready(self, retry_after: int) -> TalkingHead:
+        """The compiled TalkingHead, or the 503 that says why not (retrying cannot fix missing models)."""
+        if (head := self.head) is not None:
+            return head
         if self.error:
             raise ModelsMissing(self.error)
         raise NotReady("models are still loading; retry shortly", retry_after=retry_after)
 
     def describe(self) -> dict[str, object]:
-        ls = self.lipsync
-        info: dict[str, object] = {"openvino": ov.get_version(), "pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
-        if ls is not None:  # pipeline: the attributes below
-            info |= {
-                "detector": ls.finder.detector.name,
-                "generator": "wav2lip",
-                "generator_weights": ls.weights,
-                "precision": ls.generator.precision,
-                "batch_size": ls.generator.batch,
-                "threads": self.settings.threads(),
-            }
-            if ls.weights == "random":
+        info: dict[str, object] = {"pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
+        if self.head is not None:
+            info |= self.head.info()
+            if info["generator_weights"] == "random":
                 info["warning"] = "generator weights are RANDOM (--random-init): output is not lip-sync"
         return info
 
@@ -92,7 +83,7 @@ def livez() -> Response:
 def health() -> tuple[Response, int]:
     """200 once this worker's models are compiled and warm; 503 "loading" or "error" before."""
     models: Models = current_app.extensions["models"]
-    if models.lipsync is not None:
+    if models.head is not None:
         return jsonify({"status": "ok", **models.describe()}), 200
     return jsonify({"status": "error" if models.error else "loading", "error": models.error, **models.describe()}), 503
 
@@ -107,13 +98,13 @@ def generate() -> Response:
     settings: Settings = current_app.extensions["settings"]
     gate: Gate = current_app.extensions["gate"]
     require_json_body(settings.max_request_bytes)
-    lipsync = current_app.extensions["models"].ready(retry_after=gate.retry_after())
+    head = current_app.extensions["models"].ready(retry_after=gate.retry_after())
     # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
     # only compute slot, and a malformed request must not queue behind the running ones.
-    req = parse_generate(request.get_data(cache=False))  # pipeline
+    req = parse_generate(request.get_data(cache=False))
     with gate.admit(), metrics.in_flight():
         deadline = time.monotonic() + settings.request_timeout_s
-        result = lipsync.run(req.image, req.audio, req.options, deadline=deadline)  # pipeline
+        result = head.render(req.audio, req.image, req.options, deadline=deadline, video=False)  # "image": stills only
     metrics.record_result(result)
     timings = {k: round(v, 1) for k, v in result.timings_ms.items()}
     log_fields(frames=result.frames, face_source=result.face_source, timings_ms=timings)

@@ -32,11 +32,11 @@ from torch import nn
 
 from wav2lip_core import blazeface
 from wav2lip_core.errors import CheckpointError
-from wav2lip_core.runtime import BLAZEFACE, GENERATOR, MANIFEST, S3FD, Manifest, ModelFile, SplitFiles
 from wav2lip_core.models import randomize_
 from wav2lip_core.models.s3fd import HEADS
 from wav2lip_core.models.s3fd import S3FD as S3FD_Net
 from wav2lip_core.models.wav2lip import Decoder, FaceEncoder, Wav2Lip
+from wav2lip_core.runtime import BLAZEFACE, GENERATOR, MANIFEST, S3FD, Manifest, ModelFile, SplitFiles
 
 log = logging.getLogger("convert")
 

@@ -91,9 +91,9 @@ def loaded_app(settings):
     models = app.extensions["models"]
     models.start_loading()
     t0 = time.monotonic()
-    while models.lipsync is None and models.error is None and time.monotonic() - t0 < 120:
+    while models.head is None and models.error is None and time.monotonic() - t0 < 120:
         time.sleep(0.05)
-    assert models.lipsync is not None, models.error
+    assert models.head is not None, models.error
     return app
 
 

@@ -30,7 +30,9 @@ def test_the_three_constructors_agree() -> None:
     want = Options(fps=30.0, pads=(1, 2, 3, 4), box=(5, 6, 70, 80), paste="feather", loop="pingpong")
     assert Options.from_json({"fps": 30, "pads": [1, 2, 3, 4], "box": [5, 6, 70, 80.0], "paste": "feather", "loop": "pingpong"}) == want
     assert Options.from_form({"fps": "30", "pads": "[1, 2, 3, 4]", "box": "5,6,70,80", "paste": "feather", "loop": "pingpong"}) == want
-    assert cli("--fps", "30", "--pads", "1", "2", "3", "4", "--box", "5", "6", "70", "80", "--paste", "feather", "--loop", "pingpong") == want
+    assert (
+        cli("--fps", "30", "--pads", "1", "2", "3", "4", "--box", "5", "6", "70", "80", "--paste", "feather", "--loop", "pingpong") == want
+    )
 
 
 @pytest.mark.parametrize(

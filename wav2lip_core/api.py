@@ -110,11 +110,26 @@ class TalkingHead:
         if isinstance(avatar, Avatar) and any(v is not None for v in given.values()):
             raise TypeError("pads and box belong to prepare_avatar(); this Avatar already has its face boxes")
         options = Options(fps=fps, paste=paste, loop=loop, **{k: v for k, v in given.items() if v is not None})
-        if not isinstance(avatar, Avatar):
-            data, video = _media_bytes(avatar)
-            avatar = self.lipsync.prepare(data, options, video)
+        return self.render(audio, avatar, options, out, deadline=deadline, progress=progress)
+
+    def render(
+        self,
+        audio: AudioIn,
+        avatar: Avatar | Media,
+        options: Options,
+        out: str | os.PathLike[str] | None = None,
+        deadline: float | None = None,
+        progress: Progress | None = None,
+        video: bool | None = None,
+    ) -> Result:
+        """`generate` with the options as one `Options` (what the server and the CLI have in hand).
+
+        `video` says what media bytes are (True a clip, False an image); None tells them by their bytes."""
+        source, sniffed = (avatar, None) if isinstance(avatar, Avatar) else _media_bytes(avatar)
+        video = sniffed if video is None else video
         t0 = time.perf_counter()
-        result = self.lipsync.run(avatar, _audio(audio, self.settings.max_audio_seconds), options, deadline=deadline, progress=progress)
+        sound = _audio(audio, self.settings.max_audio_seconds)
+        result = self.lipsync.run(source, sound, options, deadline=deadline, progress=progress, video=video)
         if self._cost is not None:
             self._cost.observe(result.frames, result.width * result.height, time.perf_counter() - t0)
         if out is not None:
@@ -126,7 +141,8 @@ class TalkingHead:
         manifest, generator = self.runtime.manifest, self.lipsync.generator
         return {
             "models_dir": str(self.settings.models_dir),
-            "openvino": manifest.openvino_version,
+            "openvino": self.runtime.version,
+            "converted_with_openvino": manifest.openvino_version,
             "detector": self.lipsync.finder.detector.name,
             "generator": "wav2lip",
             "generator_weights": manifest.generator.weights,

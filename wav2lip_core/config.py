@@ -52,7 +52,7 @@ class Settings:
     """Runtime settings; `Settings()` has the defaults, `Settings.from_env()` reads and checks each variable."""
 
     # setting() returns a dataclasses.field, which ruff's RUF009 cannot tell; a Path is immutable, so one default is shared safely
-    models_dir: Path = setting(Path("ir_models"), "MODELS_DIR", "where the IR and `manifest.json` are")  # noqa: RUF009
+    models_dir: Path = setting(Path("ir_models"), "MODELS_DIR", "where the IR and `manifest.json` are")
     precision: str = setting(
         "auto",
         "PRECISION",
@@ -66,9 +66,7 @@ class Settings:
     split_generator: bool = setting(
         True, "SPLIT_GENERATOR", "run the face encoder once per request (still avatar), then only the decoder per batch"
     )
-    cache_dir: Path | None = setting(  # noqa: RUF009
-        Path("ov_cache"), "OV_CACHE_DIR", "compiled-model cache: fast worker restarts; empty disables it"
-    )
+    cache_dir: Path | None = setting(Path("ov_cache"), "OV_CACHE_DIR", "compiled-model cache: fast worker restarts; empty disables it")
     detect_max_side: int = setting(640, "DETECT_MAX_SIDE", "images are downscaled to this for detection; boxes scaled back", 128, 4096)
     max_request_bytes: int = setting(64 * 1024 * 1024, "MAX_REQUEST_BYTES", "body limit (64 MiB) → `413`", 1024, 2**31)
     max_audio_seconds: float = setting(300.0, "MAX_AUDIO_SECONDS", "audio limit → `422 audio_too_long`", 0.1, 3600.0)

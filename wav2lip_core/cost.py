@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .avatar import STILL_FPS, Avatar
 from .audio import SAMPLE_RATE, Audio
+from .avatar import STILL_FPS, Avatar
 from .compose import face_input
 from .schema import Options
 

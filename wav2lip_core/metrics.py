@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 if TYPE_CHECKING:
-    from .pipeline import Result
+    from .schema import Result
 
 REQUESTS = Counter("lipsync_requests_total", "API requests by HTTP status", ["status"])
 LATENCY = Histogram("lipsync_request_seconds", "API request latency", buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 300))

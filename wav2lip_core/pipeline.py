@@ -68,12 +68,15 @@ class LipSync:
         options: Options,
         deadline: float | None = None,
         progress: Progress | None = None,
+        video: bool | None = None,
     ) -> Result:
-        """One clip: avatar (prepared, or media bytes) + audio → MP4. `deadline` is a time.monotonic() instant."""
+        """One clip: avatar (prepared, or media bytes: `video` None = told by the bytes) + audio → MP4.
+
+        `deadline` is a time.monotonic() instant; `progress(done, total)` is called per batch."""
         clock = Clock()
         check = self._deadline(deadline)
         if isinstance(avatar, bytes):
-            avatar = self.prepare(avatar, options, clock=clock)
+            avatar = self.prepare(avatar, options, video, clock)
         sound = audio if isinstance(audio, A.Audio) else A.decode_audio(audio, self.settings.max_audio_seconds)
         clock.lap("decode")
         fps = options.fps_or(avatar.fps)

@@ -121,6 +121,7 @@ class Runtime:
         self.settings = settings
         self.manifest = manifest
         self.core = ov.Core()
+        self.version = ov.get_version()
         if settings.cache_dir is not None:
             self.core.set_property({"CACHE_DIR": str(settings.cache_dir)})
         self.properties = cpu_properties(self.core, settings.precision, settings.threads(), settings.ov_streams)
