@@ -150,7 +150,7 @@ class TalkingHead:
             "precision": compiled_precision(generator.compiled),
             "batch_size": generator.batch,
             "threads": self.settings.threads(),
-            "cost_model": self._cost.describe() if self._cost is not None else "measured on the first estimate_seconds() call",
+            "cost_model": self._cost.describe() if self._cost is not None else None,  # measured on first estimate_seconds()
         }
 
     def estimate_seconds(self, audio_seconds: float, width: int, height: int, fps: float = 25.0) -> float:
