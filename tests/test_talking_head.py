@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ASSETS, ROOT
-from media import decode_mp4
+from helpers import decode_mp4
 
+from harness import ASSETS, ROOT
 from wav2lip_core import Avatar, TalkingHead
 from wav2lip_core.errors import BadRequest, LimitExceeded
 from wav2lip_core.runtime import Manifest

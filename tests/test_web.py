@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import loaded_app, make_settings
-from media import assert_error, good_body
+from helpers import assert_error, good_body, loaded_app, make_settings
 
 from wav2lip_core.errors import Busy
 from wav2lip_core.gate import Gate

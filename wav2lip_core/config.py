@@ -59,7 +59,9 @@ class Settings:
         "CPU inference precision; `auto`: bf16 if the CPU has it natively, else f32",
         choices=("auto", "f32", "bf16", "f16"),
     )
-    workers: int = setting(1, "WEB_CONCURRENCY", "gunicorn workers; each compiles its own models (~350 MB RSS when ready, ~460 MB after 512² requests)", 1, 64)
+    workers: int = setting(
+        1, "WEB_CONCURRENCY", "gunicorn workers; each compiles its own models (~350 MB RSS when ready, ~460 MB after 512² requests)", 1, 64
+    )
     ov_threads: int = setting(0, "INFERENCE_NUM_THREADS", "OpenVINO threads per worker (CPU pinning is off); 0: cores ÷ workers", 0, 256)
     ov_streams: int = setting(1, "INFERENCE_NUM_STREAMS", "CPU plugin streams per worker; the threads are shared among them", 1, 64)
     batch_size: int = setting(16, "BATCH_SIZE", "generator frames per inference call (static shape)", 1, 256)
