@@ -2,6 +2,7 @@
 
     python -m bench._worker reference CKPT IMAGE AUDIO X1 Y1 X2 Y2
     python -m bench._worker model-only IR_DIR IMAGE AUDIO X1 Y1 X2 Y2
+    python -m bench._worker estimate IR_DIR IMAGE AUDIO
 
 A process each, so that torch never shares a process (or its thread pools) with OpenVINO and each
 stage's peak RSS (VmHWM) is its own.
@@ -134,9 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("image", type=Path)
         s.add_argument("audio", type=Path)
         s.add_argument("box", type=int, nargs=4, metavar="X1 Y1 X2 Y2")
+    e = sub.add_parser("estimate", help="TalkingHead.estimate_seconds vs the measured generate time")
+    for name in ("model", "image", "audio"):
+        e.add_argument(name, type=Path)
     args = p.parse_args(argv)
     if args.cmd == "reference":
         result = reference(args.model, args.image, args.audio, tuple(args.box))
+    elif args.cmd == "estimate":
+        from bench.estimate import measure
+
+        result = measure(args.model, args.image, args.audio)
     else:
         result = model_only(args.model, args.image, args.audio, tuple(args.box))
     print(json.dumps(result))

@@ -1,6 +1,4 @@
-"""`TalkingHead.estimate_seconds()` against the measured `generate()` time, in its own process.
-
-    python -m bench.estimate IR_DIR IMAGE AUDIO          # one JSON object on stdout
+"""`TalkingHead.estimate_seconds()` against the measured `generate()` time (run by `bench._worker estimate`).
 
 For 6.4 s (the test speech) and 30 s (tiled) of audio on a fresh TalkingHead: the estimate made
 before the request (calibrated on first use), the request's wall time, and their ratio. The issue's
@@ -9,10 +7,7 @@ bound: the estimate within 30 % of the measured time.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -49,17 +44,3 @@ def measure(ir: Path, image: Path, audio: Path) -> dict[str, object]:
         wall = time.perf_counter() - t0
         rows.append({"audio_s": seconds, "frames": result.frames, "estimate_s": estimate, "measured_s": wall, "ratio": estimate / wall})
     return {"load_s": load_s, "calibrate_s": calibrate_s, "cost_model": head.info()["cost_model"], "points": rows}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("ir", type=Path)
-    p.add_argument("image", type=Path)
-    p.add_argument("audio", type=Path)
-    args = p.parse_args(argv)
-    print(json.dumps(measure(args.ir, args.image, args.audio)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -133,6 +133,15 @@ def _precision(res: dict) -> list[str]:
     ]
 
 
+def _estimate(res: dict) -> list[str]:
+    est = res.get("estimate")
+    if not est:
+        return []
+    rows = [[_f(p["audio_s"], "g"), str(p["frames"]), _f(p["estimate_s"]), _f(p["measured_s"]), _f(p["ratio"])] for p in est["points"]]
+    note = f"cost model (calibrated in {est['calibrate_s']:.2f} s on first use): {est['cost_model']}"
+    return _grid(["TalkingHead: audio s", "frames", "estimate s", "measured s", "ratio"], rows, (note,))
+
+
 def _noise(res: dict) -> list[str]:
     rows = [[name, str(n["attempts"]), _f(n["before"]["waited_s"], "g"), _f(n["foreign_cores"]), _f(n["steal_cores"]),
              _f(n["wall_s"], ".0f")] for name, n in res["noise"].items()]  # fmt: skip
@@ -147,5 +156,5 @@ def table(res: dict) -> str:
     """Every section of the results, one block each."""
     verdict = lambda c: VERDICT[c["pass"]] + (f" (disturbed: {', '.join(c['disturbed'])})" if c["disturbed"] else "")
     checks = [[name, _f(c["value"], ".3g"), c["target"], verdict(c)] for name, c in res["checks"].items()]
-    parts = [_header, _before_after, _stages, _avatar, _lengths, _workers, _precision, _noise]
+    parts = [_header, _before_after, _stages, _avatar, _lengths, _estimate, _workers, _precision, _noise]
     return "\n".join([line for part in parts for line in part(res)] + _grid(["check", "value", "target", "result"], checks)).rstrip()

@@ -279,6 +279,8 @@ def checks(res: dict) -> dict[str, dict[str, object]]:
         "first_request_over_median": check(srv["first_request"]["wall_s"] / srv["e2e"]["wall_s"], 1.2, False, ("server",), noisy),
         # linear cost: a frame of the longest clip costs at most 15 % more than one of the 6.4 s request (median of 5)
         "per_frame_cost_longest_over_6s": check(per_frame(longest) / per_frame(srv["e2e"]), 1.15, False, ("server", "lengths"), noisy),
+        # TalkingHead.estimate_seconds() made before each request vs its measured time (6.4 s and 30 s of audio)
+        "estimate_error_max": check(max(abs(p["ratio"] - 1) for p in res["estimate"]["points"]), 0.3, False, ("estimate",), noisy),
     }
 
 
@@ -342,6 +344,13 @@ def stage_model_only(setup: Setup) -> dict:
     return out
 
 
+def stage_estimate(setup: Setup) -> dict:
+    progress("TalkingHead.estimate_seconds vs measured generate (6.4 s and 30 s, in process) …")
+    out = run_worker("estimate", str(setup.ir), str(IMAGE), str(AUDIO))
+    progress("estimate/measured: " + ", ".join(f"{p['audio_s']:g} s → {p['ratio']:.2f}" for p in out["points"]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="skip the 120 s requests and the workers × threads servers")
@@ -363,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("[3/3] gunicorn server over HTTP …")
         measure(res, "server", args, stage_server, setup)
         measure(res, "lengths", args, stage_lengths, setup, LENGTHS_S[:2] if args.quick else LENGTHS_S)
+        measure(res, "estimate", args, stage_estimate, setup)
         points = sorted([*res["lengths"]["points"], res["server"]["e2e"]], key=lambda p: p["audio_s"])
         res["lengths"] |= {"points": points, "linear_fit": linear_fit(points)}
         if not args.quick:
