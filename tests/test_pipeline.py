@@ -136,7 +136,7 @@ def _clip(assets, n: int, shift: int) -> bytes:
 def test_video_avatar_loops_over_the_audio(head, assets) -> None:
     """A 12-frame clip under 1 s of audio: 25 frames, frame i shows clip frame i % 12, face boxes follow it."""
     img = cv2.imread(str(assets / "astronaut.jpg"))
-    result = head.generate((assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], _clip(assets, 12, 3), fps=25)
+    result = head.generate((assets / "speech.wav").read_bytes()[: 44 + 2 * 16000], _clip(assets, 12, 3), fps=25, loop="repeat")
     d = decode_mp4(result.mp4)
     assert len(d.frames) == result.frames == 25 and (d.width, d.height) == (512, 512)
     for i in (0, 5, 11, 12, 24):

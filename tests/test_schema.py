@@ -21,18 +21,19 @@ def cli(*argv: str) -> Options:
 
 
 def test_defaults_are_declared_once_and_every_route_gives_them() -> None:
-    assert (DEFAULTS.fps, DEFAULTS.pads, DEFAULTS.box, DEFAULTS.paste, DEFAULTS.loop) == (None, (0, 10, 0, 0), None, "box", "repeat")
+    assert (DEFAULTS.fps, DEFAULTS.pads, DEFAULTS.box, DEFAULTS.paste) == (None, (0, 10, 0, 0), None, "box")
+    assert (DEFAULTS.loop, DEFAULTS.start_frame) == ("pingpong", 0)
     assert Options.from_json({}) == Options.from_form({}) == cli() == DEFAULTS
     assert Options.from_json({k: None for k in option_names()}) == DEFAULTS  # null means "not given"
 
 
 def test_the_three_constructors_agree() -> None:
-    want = Options(fps=30.0, pads=(1, 2, 3, 4), box=(5, 6, 70, 80), paste="feather", loop="pingpong")
-    assert Options.from_json({"fps": 30, "pads": [1, 2, 3, 4], "box": [5, 6, 70, 80.0], "paste": "feather", "loop": "pingpong"}) == want
-    assert Options.from_form({"fps": "30", "pads": "[1, 2, 3, 4]", "box": "5,6,70,80", "paste": "feather", "loop": "pingpong"}) == want
-    assert (
-        cli("--fps", "30", "--pads", "1", "2", "3", "4", "--box", "5", "6", "70", "80", "--paste", "feather", "--loop", "pingpong") == want
-    )
+    want = Options(fps=30.0, pads=(1, 2, 3, 4), box=(5, 6, 70, 80), paste="feather", loop="repeat", start_frame=7)
+    body = {"fps": 30, "pads": [1, 2, 3, 4], "box": [5, 6, 70, 80.0], "paste": "feather", "loop": "repeat", "start_frame": 7}
+    assert Options.from_json(body) == want
+    form = {"fps": "30", "pads": "[1, 2, 3, 4]", "box": "5,6,70,80", "paste": "feather", "loop": "repeat", "start_frame": "7"}
+    assert Options.from_form(form) == want
+    assert cli(*"--fps 30 --pads 1 2 3 4 --box 5 6 70 80 --paste feather --loop repeat --start-frame 7".split()) == want
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,8 @@ def test_the_three_constructors_agree() -> None:
         ("box", [0.5, 0, 10, 10], "0.5,0,10,10", "invalid_box"),
         ("paste", "blur", "blur", "invalid_paste"),
         ("loop", "bounce", "bounce", "invalid_loop"),
+        ("start_frame", -1, "-1", "invalid_start_frame"),
+        ("start_frame", 2.5, "2.5", "invalid_start_frame"),
     ],
 )
 def test_json_and_form_refuse_the_same_values_with_the_same_code(field: str, json_value: object, form_value: str, code: str) -> None:
@@ -81,6 +84,15 @@ def _avatar(n: int) -> Avatar:
 )
 def test_loop_sequences(n: int, loop: str, want: list[int]) -> None:
     assert _avatar(n).sequence(len(want), loop).tolist() == want
+
+
+@pytest.mark.parametrize("loop", ["pingpong", "repeat", "none"])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_a_clip_started_at_end_frame_continues_the_sequence(loop: str, n: int) -> None:
+    avatar = _avatar(n)
+    whole = avatar.sequence(23, loop, start=3).tolist()
+    end = avatar.end_position(10, loop, start=3)
+    assert avatar.sequence(10, loop, start=3).tolist() + avatar.sequence(13, loop, start=end).tolist() == whole
 
 
 def test_pingpong_never_jumps() -> None:

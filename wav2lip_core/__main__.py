@@ -3,7 +3,7 @@
     python -m wav2lip_core --face test_assets/astronaut.jpg --audio test_assets/speech.wav --out out.mp4
 
 The IR is read from --models (default: $MODELS_DIR or ir_models/); every other setting from the
-environment, as the server does. The per-request options (--fps, --pads, --box, --paste, --loop)
+environment, as the server does. The per-request options (--fps, --pads, --box, --paste, --loop, --start-frame)
 come from the one request schema, `schema.Options`.
 """
 
@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(done - bar.n)
 
             avatar = head.prepare_avatar(args.face, pads=options.pads, box=options.box)
-            result = head.generate(args.audio, avatar, args.out, fps=options.fps, paste=options.paste, loop=options.loop, progress=progress)
+            result = head.render(args.audio, avatar, options, args.out, progress=progress)
     except (LipSyncError, ValueError, OSError) as e:
         print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 2
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items())
-    print(f"wrote {args.out}: {result.frames} frames, {result.width}×{result.height}, face box {list(result.face_box)} ({timings})")
+    print(f"wrote {args.out}: {result.frames} frames, {result.width}×{result.height}, face box {list(result.face_box)}, "
+          f"end frame {result.end_frame} ({timings})")  # fmt: skip
     return 0
 
 

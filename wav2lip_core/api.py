@@ -97,7 +97,8 @@ class TalkingHead:
         pads: Sequence[int] | None = None,
         box: Box | Sequence[int] | None = None,
         paste: str = "box",
-        loop: str = "repeat",
+        loop: str = "pingpong",
+        start_frame: int = 0,
         deadline: float | None = None,
         progress: Progress | None = None,
     ) -> Result:
@@ -109,7 +110,7 @@ class TalkingHead:
         given = {"pads": tuple(pads) if pads is not None else None, "box": tuple(box) if box is not None else None}
         if isinstance(avatar, Avatar) and any(v is not None for v in given.values()):
             raise TypeError("pads and box belong to prepare_avatar(); this Avatar already has its face boxes")
-        options = Options(fps=fps, paste=paste, loop=loop, **{k: v for k, v in given.items() if v is not None})
+        options = Options(fps=fps, paste=paste, loop=loop, start_frame=start_frame, **{k: v for k, v in given.items() if v is not None})
         return self.render(audio, avatar, options, out, deadline=deadline, progress=progress)
 
     def render(

@@ -51,17 +51,23 @@ class Avatar:
     def height(self) -> int:
         return self.frames[0].shape[0]
 
-    def sequence(self, n: int, loop: str) -> np.ndarray:
-        """Source frame index for each of `n` output frames."""
-        i, count = np.arange(n), len(self.frames)
-        if count == 1:
-            return np.zeros(n, np.int64)
-        if loop == "none":
-            return np.minimum(i, count - 1)
-        if loop == "pingpong":
-            period = 2 * count - 2
-            return np.where(i % period < count, i % period, period - i % period)
-        return i % count
+    def period(self, loop: str) -> int:
+        """Length of the loop sequence (positions wrap modulo it); `none` never wraps."""
+        count = len(self.frames)
+        return 1 if count == 1 else {"pingpong": 2 * count - 2, "repeat": count}.get(loop, 0)
+
+    def sequence(self, n: int, loop: str, start: int = 0) -> np.ndarray:
+        """Source frame index for each of `n` output frames, the first at loop position `start`."""
+        pos, count, period = np.arange(start, start + n), len(self.frames), self.period(loop)
+        if period == 0:  # none: straight through, the last frame held
+            return np.minimum(pos, count - 1)
+        pos %= period
+        return np.where(pos < count, pos, period - pos)
+
+    def end_position(self, n: int, loop: str, start: int = 0) -> int:
+        """The loop position after `n` frames from `start`: where the idle loop (or the next clip) resumes."""
+        period = self.period(loop)
+        return (start + n) % period if period else min(start + n, len(self.frames) - 1)
 
 
 def is_video(data: bytes) -> bool:

@@ -95,7 +95,9 @@ class LipSync:
             writer.abort()
             raise
         clock.lap("encode")
-        return Result(mp4, sound.duration_s, fps, n_frames, avatar.width, avatar.height, avatar.boxes[0], avatar.face_source, clock.ms)
+        end = avatar.end_position(n_frames, options.loop, options.start_frame)
+        first = avatar.boxes[int(avatar.sequence(1, options.loop, options.start_frame)[0])]
+        return Result(mp4, sound.duration_s, fps, n_frames, avatar.width, avatar.height, first, avatar.face_source, clock.ms, end)
 
     def _deadline(self, deadline: float | None) -> Callable[[], None]:
         def check() -> None:
@@ -115,7 +117,7 @@ class LipSync:
         progress: Progress | None,
     ) -> None:
         """The one render loop: per output frame, the avatar's source frame k gets the next mouth."""
-        index = avatar.sequence(len(mels), options.loop)
+        index = avatar.sequence(len(mels), options.loop, options.start_frame)
         if avatar.still:
             mouths_in = self.generator.run(mels, avatar.faces[0], check)
         else:

@@ -22,13 +22,14 @@ PASTE_MODES = ("box", "feather")
 LOOP_MODES = ("repeat", "pingpong", "none")
 MAX_PAD = 4096  # pixels; pads beyond any supported image side make no sense
 MAX_BOX_COORD = 1 << 20
+MAX_START_FRAME = 1 << 30  # loop positions wrap, so any non-negative position is meaningful
 
 
 @dataclass(frozen=True)
 class Spec:
     """How one option is read and checked: kind, bounds or choices, error code, one-line doc."""
 
-    kind: str  # "number" | "ints4" | "choice"
+    kind: str  # "number" | "integer" | "ints4" | "choice"
     doc: str
     code: str
     lo: float = 0
@@ -40,6 +41,10 @@ class Spec:
         """The value in its canonical type, or BadRequest with this option's code."""
         if self.kind == "number":
             return self._number(name, value)
+        if self.kind == "integer":
+            if not _is_int(value) or not self.lo <= value <= self.hi:
+                raise BadRequest(f"{name} must be an integer between {self.lo:g} and {self.hi:g}, got {_show(value)}", code=self.code)
+            return value
         if self.kind == "ints4":
             return self._ints4(name, value)
         if value not in self.choices:
@@ -89,8 +94,12 @@ class Options:
                                       "invalid_box", 0, MAX_BOX_COORD, cli="X1 Y1 X2 Y2"))  # fmt: skip
     paste: str = _opt("box", Spec("choice", "box (Wav2Lip's plain paste) or feather (soft lower-face blend)", "invalid_paste",
                                   choices=PASTE_MODES))  # fmt: skip
-    loop: str = _opt("repeat", Spec("choice", "video avatars: repeat the clip, play it forward then backward (pingpong), "
-                                    "or once with its last frame held (none)", "invalid_loop", choices=LOOP_MODES))  # fmt: skip
+    loop: str = _opt("pingpong", Spec("choice", "video avatars: forward then backward, never a jump cut (pingpong), "
+                                      "restart at the end (repeat), or once with the last frame held (none: dubbing)",
+                                      "invalid_loop", choices=LOOP_MODES))  # fmt: skip
+    start_frame: int = _opt(0, Spec("integer", "video avatars: the first output frame is this position of the loop sequence "
+                                    "(send the previous answer's end_frame to chain clips seamlessly)",
+                                    "invalid_start_frame", 0, MAX_START_FRAME, cli="K"))  # fmt: skip
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -141,7 +150,7 @@ def _from_text(raw: str, spec: Spec) -> Any:
     if spec.kind == "choice":
         return raw
     try:
-        return json.loads(raw if spec.kind == "number" or raw.startswith("[") else f"[{raw}]")
+        return json.loads(raw if spec.kind in ("number", "integer") or raw.startswith("[") else f"[{raw}]")
     except ValueError:
         return raw  # not a number / list: the spec's check names the field and the value
 
@@ -153,8 +162,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         default = f" (default: {' '.join(map(str, f.default)) if isinstance(f.default, tuple) else f.default})" if f.default else ""
         if spec.kind == "choice":
             parser.add_argument(f"--{f.name}", choices=spec.choices, help=spec.doc + default)
-        elif spec.kind == "number":
-            parser.add_argument(f"--{f.name}", type=float, metavar=spec.cli, help=spec.doc)
+        elif spec.kind in ("number", "integer"):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=float if spec.kind == "number" else int,
+                                metavar=spec.cli, help=spec.doc + default)  # fmt: skip
         else:
             parser.add_argument(f"--{f.name}", type=int, nargs=4, metavar=tuple(spec.cli.split()), help=spec.doc + default)
 
@@ -170,5 +180,6 @@ class Result:
     width: int
     height: int
     face_box: Box
-    face_source: str  # "box" (given by the caller), "cache" (repeated avatar) or "detector"
+    face_source: str  # "box" (given by the caller), "cache" (repeated avatar), "detector" or "registered"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    end_frame: int = 0  # loop position after the last frame: the next clip's (or the idle loop's) start_frame
