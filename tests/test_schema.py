@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_the_three_constructors_agree() -> None:
     assert Options.from_json(body) == want
     form = {"fps": "30", "pads": "[1, 2, 3, 4]", "box": "5,6,70,80", "paste": "feather", "loop": "repeat", "start_frame": "7"}
     assert Options.from_form(form) == want
-    assert cli(*"--fps 30 --pads 1 2 3 4 --box 5 6 70 80 --paste feather --loop repeat --start-frame 7".split()) == want
+    assert cli(*shlex.split("--fps 30 --pads 1 2 3 4 --box 5 6 70 80 --paste feather --loop repeat --start-frame 7")) == want
 
 
 @pytest.mark.parametrize(
