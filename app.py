@@ -1,4 +1,4 @@
-"""HTTP API: `POST /api/generate`, health probes, metrics. Routes are thin; errors become JSON.
+"""HTTP API: `POST /api/generate`, the avatar registry, health probes, metrics. Routes are thin; errors become JSON.
 
 Run with `gunicorn -c gunicorn.conf.py app:app`: each worker compiles the IR after fork, in a
 background thread, and `/health` answers 503 until the models are compiled and warmed. Request ids,
@@ -9,71 +9,20 @@ wav2lip_core/gate.py; the lip-sync itself is `TalkingHead` (wav2lip_core/api.py)
 from __future__ import annotations
 
 import base64
-import logging
 import os
-import threading
 import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from wav2lip_core import TalkingHead, metrics
+from wav2lip_core import metrics
+from wav2lip_core.avatar import media_type
 from wav2lip_core.config import Settings
-from wav2lip_core.errors import ModelsMissing, NotReady
 from wav2lip_core.gate import Gate
-from wav2lip_core.payload import parse_generate
+from wav2lip_core.loader import Models
+from wav2lip_core.payload import parse_avatar, parse_generate
+from wav2lip_core.registry import Registry
 from wav2lip_core.schema import Result
-from wav2lip_core.web import install_hooks, log_fields, require_json_body
-
-log = logging.getLogger("wav2lip.app")
-
-
-class Models:
-    """This worker's TalkingHead, loaded once in a background thread; the state the probes report."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.head: TalkingHead | None = None
-        self.error: str | None = None
-        self._started = False
-        self._lock = threading.Lock()
-
-    def start_loading(self) -> None:
-        """Compile in a thread (call after fork, never in the gunicorn master); idempotent."""
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        threading.Thread(target=self._load, name="load-models", daemon=True).start()
-
-    def _load(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.head = TalkingHead.load(settings=self.settings)
-        except ModelsMissing as e:
-            self.error = e.message
-            log.error("%s", e.message)
-            return
-        except (RuntimeError, OSError, KeyError, ValueError) as e:  # OpenVINO and manifest failures
-            self.error = f"could not load the models from {self.settings.models_dir}: {e}"
-            log.exception("model loading failed")
-            return
-        log.info("models ready in %.1f s", time.perf_counter() - t0, extra={"fields": self.describe()})
-
-    def ready(self, retry_after: int) -> TalkingHead:
-        """The compiled TalkingHead, or the 503 that says why not (retrying cannot fix missing models)."""
-        if (head := self.head) is not None:
-            return head
-        if self.error:
-            raise ModelsMissing(self.error)
-        raise NotReady("models are still loading; retry shortly", retry_after=retry_after)
-
-    def describe(self) -> dict[str, object]:
-        info: dict[str, object] = {"pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
-        if self.head is not None:
-            info |= self.head.info()
-            if info["generator_weights"] == "random":
-                info["warning"] = "generator weights are RANDOM (--random-init): output is not lip-sync"
-        return info
+from wav2lip_core.web import install_hooks, log_fields, read_body
 
 
 def livez() -> Response:
@@ -93,25 +42,59 @@ def prometheus() -> Response:
     return Response(body, content_type=content_type)
 
 
-def generate() -> Response:
-    """JSON with base64 `image` and `audio` → an MP4: in JSON (base64), or raw with `Accept: video/mp4`."""
-    settings: Settings = current_app.extensions["settings"]
+def _ready() -> tuple[Registry, Gate, Settings]:
     gate: Gate = current_app.extensions["gate"]
-    require_json_body(settings.max_request_bytes)
-    head = current_app.extensions["models"].ready(retry_after=gate.retry_after())
+    return current_app.extensions["models"].ready(retry_after=gate.retry_after()), gate, current_app.extensions["settings"]
+
+
+def generate() -> Response:
+    """image / video / avatar_id + audio (JSON or multipart) → an MP4: in JSON (base64), or raw with `Accept: video/mp4`."""
+    registry, gate, settings = _ready()
     # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
     # only compute slot, and a malformed request must not queue behind the running ones.
-    req = parse_generate(request.get_data(cache=False))
+    req = parse_generate(read_body(settings.max_request_bytes))
     with gate.admit(), metrics.in_flight():
-        deadline = time.monotonic() + settings.request_timeout_s
-        result = head.render(req.audio, req.image, req.options, deadline=deadline, video=False)  # "image": stills only
+        result = registry.generate(req, deadline=time.monotonic() + settings.request_timeout_s)
     metrics.record_result(result)
     timings = {k: round(v, 1) for k, v in result.timings_ms.items()}
     log_fields(frames=result.frames, face_source=result.face_source, timings_ms=timings)
     if request.accept_mimetypes.best_match(["application/json", "video/mp4"]) == "video/mp4":
-        headers = {"X-Frames": str(result.frames), "X-Face-Box": ",".join(map(str, result.face_box))}
+        headers = {"X-Frames": str(result.frames), "X-Face-Box": ",".join(map(str, result.face_box)), "X-End-Frame": str(result.end_frame)}
         return Response(result.mp4, mimetype="video/mp4", headers=headers)
     return _json_answer(result, timings)
+
+
+def register_avatar() -> tuple[Response, int]:
+    """An image or a short video (JSON or multipart) → its avatar record: 201 when new, 200 when known."""
+    registry, gate, settings = _ready()
+    req = parse_avatar(read_body(settings.max_request_bytes))
+    with gate.admit(), metrics.in_flight():
+        record, created = registry.register(req.media, req.options, req.video)
+    return jsonify(record), 201 if created else 200
+
+
+def list_avatars() -> Response:
+    return jsonify({"avatars": _ready()[0].store.list()})
+
+
+def get_avatar(avatar_id: str) -> Response:
+    return jsonify(_ready()[0].store.get(avatar_id))
+
+
+def avatar_media(avatar_id: str) -> Response:
+    """The original upload, as sent (a page loops it while the avatar is idle); cacheable by id."""
+    store = _ready()[0].store
+    kind = store.get(avatar_id)["kind"]
+    data = store.media(avatar_id)
+    resp = Response(data, mimetype=media_type(data, kind))
+    resp.set_etag(avatar_id)
+    resp.cache_control.max_age = 86400
+    return resp.make_conditional(request)
+
+
+def delete_avatar(avatar_id: str) -> tuple[str, int]:
+    _ready()[0].store.delete(avatar_id)
+    return "", 204
 
 
 def _json_answer(result: Result, timings: dict[str, float]) -> Response:
@@ -122,7 +105,7 @@ def _json_answer(result: Result, timings: dict[str, float]) -> Response:
     return jsonify({
         "video": encoded, "mime_type": "video/mp4", "duration_s": round(result.duration_s, 3), "fps": result.fps,
         "frames": result.frames, "width": result.width, "height": result.height, "face_box": list(result.face_box),
-        "timings_ms": timings, "request_id": g.request_id,
+        "end_frame": result.end_frame, "timings_ms": timings, "request_id": g.request_id,
     })  # fmt: skip
 
 
@@ -145,6 +128,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/readyz", view_func=health)
     app.add_url_rule("/metrics", view_func=prometheus)
     app.add_url_rule("/api/generate", view_func=generate, methods=["POST"])
+    app.add_url_rule("/api/avatars", view_func=register_avatar, methods=["POST"])
+    app.add_url_rule("/api/avatars", view_func=list_avatars, methods=["GET"])
+    app.add_url_rule("/api/avatars/<avatar_id>", view_func=get_avatar, methods=["GET"])
+    app.add_url_rule("/api/avatars/<avatar_id>", view_func=delete_avatar, methods=["DELETE"])
+    app.add_url_rule("/api/avatars/<avatar_id>/media", view_func=avatar_media, methods=["GET"])
     return app
 
 

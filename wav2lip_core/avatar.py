@@ -10,19 +10,19 @@ original does for videos.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
 from .compose import face_input, fit_box, limit_side, round_to_even
-from .detect import FaceFinder
-from .errors import LimitExceeded, UnsupportedMedia
+from .detect import NO_FACE_HINT, FaceFinder
+from .errors import LimitExceeded, NoFace, UnsupportedMedia
 from .image import decode_image
 from .schema import Box, Options
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
-MAX_VIDEO_FRAMES = 300  # a looped avatar clip, not a film: ~10 s at 30 fps, ≤ 240 MB at 512²
 SMOOTH_WINDOW = 5  # inference.py: get_smoothened_boxes(boxes, T=5)
 STILL_FPS = 25.0  # output rate of a still avatar unless the request gives one
 
@@ -70,30 +70,43 @@ class Avatar:
         return (start + n) % period if period else min(start + n, len(self.frames) - 1)
 
 
+def media_type(data: bytes, kind: str) -> str:
+    """The MIME type of an upload, from its magic bytes."""
+    if kind == "image":
+        for magic, mime in ((b"\xff\xd8", "image/jpeg"), (b"\x89PNG", "image/png"), (b"BM", "image/bmp")):
+            if data.startswith(magic):
+                return mime
+        return "image/webp" if data[8:12] == b"WEBP" else "application/octet-stream"
+    if data[4:8] == b"ftyp":
+        return "video/quicktime" if data[8:10] == b"qt" else "video/mp4"
+    return "video/webm" if data[:4] == b"\x1a\x45\xdf\xa3" else "video/x-msvideo"
+
+
 def is_video(data: bytes) -> bool:
     """Container magic of the clip formats we take (MP4/MOV, Matroska/WebM, AVI)."""
     return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
 
 
-def decode_video(data: bytes, max_pixels: int) -> tuple[list[np.ndarray], float]:
-    """All frames as BGR uint8 arrays, and the clip's frame rate."""
+def decode_video(data: bytes, max_pixels: int, max_seconds: float) -> tuple[list[np.ndarray], float]:
+    """All frames as BGR uint8 arrays, and the clip's frame rate; limits checked before and while decoding."""
     try:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
-                raise UnsupportedMedia("the avatar clip has no video track", code="bad_video")
+                raise UnsupportedMedia("the video has no video track", code="bad_video")
             stream = container.streams.video[0]
             if stream.width * stream.height > max_pixels:
                 raise LimitExceeded(f"video is {stream.width}×{stream.height}; the limit is {max_pixels} pixels", code="image_too_large")
             fps = float(stream.average_rate or STILL_FPS)
+            limit = max(1, math.ceil(max_seconds * fps))
             frames = []
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="bgr24"))
-                if len(frames) > MAX_VIDEO_FRAMES:
-                    raise LimitExceeded(f"avatar clip has more than {MAX_VIDEO_FRAMES} frames", code="video_too_long")
+                if len(frames) > limit:
+                    raise LimitExceeded(f"video is longer than {max_seconds:g} s (MAX_AVATAR_SECONDS)", code="video_too_long")
     except av.FFmpegError as e:
-        raise UnsupportedMedia(f"could not decode the avatar clip: {e}", code="bad_video") from e
+        raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
     if not frames:
-        raise UnsupportedMedia("the avatar clip has no frames", code="bad_video")
+        raise UnsupportedMedia("the video has no frames", code="bad_video")
     return frames, fps
 
 
@@ -109,21 +122,46 @@ def smooth_boxes(boxes: list[Box], window: int = SMOOTH_WINDOW) -> list[Box]:
 def prepare(frames: list[np.ndarray], fps: float, kind: str, options: Options, finder: FaceFinder, max_output_side: int) -> Avatar:
     """Scale and even the frames, find (or fit the given) face box of each, and build the generator's inputs."""
     options.check_box(frames[0].shape[1], frames[0].shape[0])  # a box refers to the media as sent
-    scaled = [limit_side(f, max_output_side) for f in frames]
-    out = [round_to_even(f) for f, _ in scaled]
+    out, scale = fit_frames(frames, max_output_side)
     if options.box is not None:  # used exactly, no pads, as inference.py's --box
-        boxes, source = [fit_box(options.box, s, f) for f, (_, s) in zip(out, scaled, strict=True)], "box"
+        boxes, source = [fit_box(options.box, scale, f) for f in out], "box"
+    elif len(out) == 1:
+        box, cached = finder.find(out[0], options.pads)
+        boxes, source = [box], "cache" if cached else "detector"
     else:
-        found = [finder.find(f, options.pads) for f in out]
-        boxes = [b for b, _ in found] if len(out) == 1 else smooth_boxes([b for b, _ in found])
-        source = "cache" if all(cached for _, cached in found) else "detector"
-    faces = np.stack([face_input(f, b) for f, b in zip(out, boxes, strict=True)])
-    return Avatar(tuple(out), tuple(boxes), faces, fps, source, kind)
+        boxes, source = smooth_boxes(_track(out, options.pads, finder)), "detector"
+    return restore(out, boxes, fps, source, kind)
 
 
-def decode(data: bytes, max_pixels: int, video: bool | None = None) -> tuple[list[np.ndarray], float, str]:
+def fit_frames(frames: list[np.ndarray], max_output_side: int) -> tuple[list[np.ndarray], float]:
+    """Frames scaled to the output limit and cut to even sides (H.264 4:2:0), and the scale applied."""
+    scaled = [limit_side(f, max_output_side) for f in frames]
+    return [round_to_even(f) for f, _ in scaled], scaled[0][1]
+
+
+def restore(frames: list[np.ndarray], boxes: list[Box], fps: float, source: str, kind: str) -> Avatar:
+    """An Avatar from even-sided frames and their final boxes (a registered avatar: no detection)."""
+    faces = np.stack([face_input(f, b) for f, b in zip(frames, boxes, strict=True)])
+    return Avatar(tuple(frames), tuple(boxes), faces, fps, source, kind)
+
+
+def _track(frames: list[np.ndarray], pads: Box, finder: FaceFinder) -> list[Box]:
+    """A box per frame; a frame where the detector finds no face takes the nearest frame's box."""
+    found: list[Box | None] = []
+    for frame in frames:
+        try:
+            found.append(finder.find(frame, pads)[0])
+        except NoFace:
+            found.append(None)
+    known = [i for i, b in enumerate(found) if b is not None]
+    if not known:
+        raise NoFace(f"no face found in any of the {len(frames)} frames; {NO_FACE_HINT}")
+    return [found[i] or found[min(known, key=lambda k: abs(k - i))] for i in range(len(frames))]  # type: ignore[misc]
+
+
+def decode(data: bytes, max_pixels: int, max_seconds: float, video: bool | None = None) -> tuple[list[np.ndarray], float, str]:
     """An image or a clip (`video=None`: decided by the bytes) → frames, frame rate, kind."""
     if video if video is not None else is_video(data):
-        frames, fps = decode_video(data, max_pixels)
+        frames, fps = decode_video(data, max_pixels, max_seconds)
         return frames, fps, "video"
     return [decode_image(data, max_pixels)], STILL_FPS, "image"

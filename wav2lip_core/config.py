@@ -96,6 +96,16 @@ class Settings:
     face_cache_size: int = setting(
         256, "FACE_CACHE_SIZE", "face boxes cached per worker, keyed by (pixels hash, detector, pads)", 0, 100_000
     )
+    # registered avatars (POST /api/avatars)
+    avatar_dir: Path = setting(
+        Path("avatars"), "AVATAR_DIR", "registered avatars: shared by the workers of one machine, kept across restarts"
+    )
+    avatar_store_mb: int = setting(
+        1024, "AVATAR_STORE_MB", "disk for registered avatars; beyond it the least recently used are evicted", 1, 10**7
+    )
+    max_avatar_seconds: float = setting(
+        20.0, "MAX_AVATAR_SECONDS", "length limit of a video avatar kept in memory and looped → `422 video_too_long`", 0.1, 600.0
+    )
     # gunicorn (read by gunicorn.conf.py)
     port: int = setting(8000, "PORT", "port of the default listen address", 1, 65535)
     bind: str = setting(

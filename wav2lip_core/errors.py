@@ -41,6 +41,10 @@ class UnsupportedMedia(LipSyncError):
     status, code = 415, "unsupported_media"
 
 
+class AvatarNotFound(LipSyncError):
+    status, code = 404, "avatar_not_found"
+
+
 class NoFace(LipSyncError):
     status, code = 422, "no_face"
 

@@ -1,4 +1,5 @@
-"""The `/api/generate` JSON body → media bytes and `Options`. Every refusal is a typed 4xx.
+"""Request bodies (JSON with base64 media, or multipart/form-data with files) → media bytes and
+`Options`. Every refusal is a typed 4xx; JSON and multipart carrying the same bytes are the same request.
 
 Base64 is decoded strictly: data-URL prefixes, whitespace, missing padding and the URL-safe
 alphabet are accepted; any other character is an error (Python's default decoder silently
@@ -12,7 +13,8 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import BadRequest
 from .schema import Options
@@ -23,10 +25,26 @@ _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 _URLSAFE = str.maketrans("-_", "+/")
 
 
+MEDIA_FIELDS = ("image", "video", "avatar_id")  # exactly one names the avatar of a request
+
+
 @dataclass
 class GenerateRequest:
-    image: bytes
+    """A lip-sync request: the avatar as one of `image` / `video` bytes or a registered `avatar_id`."""
+
     audio: bytes
+    options: Options
+    image: bytes | None = None
+    video: bytes | None = None
+    avatar_id: str | None = None
+
+
+@dataclass
+class AvatarRequest:
+    """A registration: an image or a video, and the options that shape its face boxes."""
+
+    media: bytes
+    video: bool
     options: Options
 
 
@@ -68,17 +86,65 @@ def parse_json(body: bytes) -> dict:
     return value
 
 
-def _media(body: dict, name: str) -> bytes:
-    value = body.get(name)
-    if value is None:
-        raise BadRequest(f"missing required field {name!r} (base64 or data URL)", code="missing_field")
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a base64 string, got {type(value).__name__}", code="invalid_field")
-    return b64decode(value, name)
+@dataclass
+class Body:
+    """A request body as fields: JSON values, or multipart form strings plus uploaded files."""
+
+    values: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+    form: bool = False
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Body:
+        return cls(parse_json(raw))
+
+    def options(self) -> Options:
+        return Options.from_form(self.values) if self.form else Options.from_json(self.values)
+
+    def given(self, name: str) -> bool:
+        value = self.values.get(name)
+        return name in self.files or (value is not None and not (self.form and value == ""))
+
+    def media(self, name: str) -> bytes:
+        """A file part as uploaded, or a base64 / data-URL string field (JSON or form)."""
+        if name in self.files:
+            if not self.files[name]:
+                raise BadRequest(f"{name} is empty", code="empty_field")
+            return self.files[name]
+        value = self.values.get(name)
+        if not self.given(name):
+            raise BadRequest(f"missing required field {name!r} (a file part, base64 or a data URL)", code="missing_field")
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a base64 string, got {type(value).__name__}", code="invalid_field")
+        return b64decode(value, name)
+
+    def one_of(self, names: tuple[str, ...]) -> str:
+        """The one field of `names` that was sent."""
+        given = [n for n in names if self.given(n)]
+        if len(given) != 1:
+            which = " or ".join(repr(n) for n in names)
+            if not given:
+                raise BadRequest(f"missing required field: send {which}", code="missing_field")
+            raise BadRequest(f"send only one of {which}, got {given}", code="invalid_field")
+        return given[0]
+
+    def avatar_id(self) -> str:
+        value = self.values.get("avatar_id")
+        if not isinstance(value, str) or not value.isalnum() or len(value) > 64:
+            raise BadRequest(f"avatar_id must be an id that POST /api/avatars returned, got {json.dumps(value)[:80]}", code="invalid_field")
+        return value
 
 
-def parse_generate(body: bytes) -> GenerateRequest:
-    """Validate the whole request body before any expensive work (options first: they are cheap)."""
-    obj = parse_json(body)
-    options = Options.from_json(obj)
-    return GenerateRequest(_media(obj, "image"), _media(obj, "audio"), options)
+def parse_generate(body: Body) -> GenerateRequest:
+    """Validate the whole request before any expensive work (options first: they are cheap)."""
+    options = body.options()
+    which = body.one_of(MEDIA_FIELDS)
+    avatar = {which: body.avatar_id() if which == "avatar_id" else body.media(which)}
+    return GenerateRequest(body.media("audio"), options, **avatar)
+
+
+def parse_avatar(body: Body) -> AvatarRequest:
+    """`POST /api/avatars`: an image or a video, and options (pads, box; fps for images)."""
+    options = body.options()
+    which = body.one_of(("image", "video"))
+    return AvatarRequest(body.media(which), which == "video", options)

@@ -55,10 +55,20 @@ class LipSync:
     def prepare(self, media: bytes, options: Options, video: bool | None = None, clock: Clock | None = None) -> V.Avatar:
         """Decode an image or clip and find its face box(es): the part of a request that a reused avatar skips."""
         clock = clock or Clock()
-        frames, fps, kind = V.decode(media, self.settings.max_image_pixels, video)
+        frames, fps, kind = V.decode(media, self.settings.max_image_pixels, self.settings.max_avatar_seconds, video)
+        fps = options.fps_or(fps) if kind == "image" else fps  # a registered image keeps its requested rate
         clock.lap("decode")
         avatar = V.prepare(frames, fps, kind, options, self.finder, self.settings.max_output_side)
         clock.lap("detect")
+        return avatar
+
+    def restore(self, media: bytes, kind: str, boxes: list[V.Box], fps: float, clock: Clock | None = None) -> V.Avatar:
+        """A registered avatar from its stored media and boxes: decoded again, never detected again."""
+        frames, _, _ = V.decode(media, self.settings.max_image_pixels, self.settings.max_avatar_seconds, kind == "video")
+        frames, _ = V.fit_frames(frames, self.settings.max_output_side)
+        avatar = V.restore(frames, boxes, fps, "registered", kind)
+        if clock is not None:
+            clock.lap("decode")
         return avatar
 
     def run(
@@ -69,11 +79,13 @@ class LipSync:
         deadline: float | None = None,
         progress: Progress | None = None,
         video: bool | None = None,
+        clock: Clock | None = None,
     ) -> Result:
         """One clip: avatar (prepared, or media bytes: `video` None = told by the bytes) + audio → MP4.
 
-        `deadline` is a time.monotonic() instant; `progress(done, total)` is called per batch."""
-        clock = Clock()
+        `deadline` is a time.monotonic() instant; `progress(done, total)` is called per batch; `clock`
+        may carry stages timed before (a registered avatar's decode)."""
+        clock = clock or Clock()
         check = self._deadline(deadline)
         if isinstance(avatar, bytes):
             avatar = self.prepare(avatar, options, video, clock)

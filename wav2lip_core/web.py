@@ -20,18 +20,18 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from . import metrics
 from .config import Settings
 from .errors import LipSyncError, PayloadTooLarge, Unauthorized, UnsupportedMedia
+from .payload import Body
 
 log = logging.getLogger("wav2lip.app")
 access = logging.getLogger("wav2lip.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed as given; anything else is replaced
-_CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": "X-Request-ID, Retry-After, X-Frames, X-Face-Box"}
+_CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": "X-Request-ID, Retry-After, X-Frames, X-Face-Box, X-End-Frame"}
 _PREFLIGHT = {
-    "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+    "Access-Control-Allow-Methods": "POST, GET, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Request-ID, Accept",
     "Access-Control-Max-Age": "600",
 }
-_MULTIPART = "multipart uploads are not supported yet: send application/json with base64 'image' and 'audio'"
 
 
 def install_hooks(app: Flask, settings: Settings) -> None:
@@ -52,14 +52,21 @@ def log_fields(**fields: object) -> None:
     g.access_fields = g.get("access_fields", {}) | fields
 
 
-def require_json_body(max_bytes: int) -> None:
-    """415 unless the body is JSON, 413 if Content-Length is over `max_bytes`: before reading the body."""
-    if request.mimetype == "multipart/form-data":
-        raise UnsupportedMedia(_MULTIPART, code="unsupported_content_type")
-    if not request.is_json:
-        raise UnsupportedMedia(f"Content-Type must be application/json, got {request.content_type!r}", code="unsupported_content_type")
+def read_body(max_bytes: int) -> Body:
+    """The request body as fields: JSON, or multipart/form-data (files and form strings).
+
+    413 from Content-Length before anything is read; a body without one is cut off at the same limit
+    while it streams in (Flask's MAX_CONTENT_LENGTH), so nothing over the limit is ever buffered."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {max_bytes}")
+    if request.mimetype == "multipart/form-data":
+        files = {name: f.read() for name, f in request.files.items()}
+        return Body(request.form.to_dict(), files, form=True)
+    if not request.is_json:
+        raise UnsupportedMedia(
+            f"Content-Type must be application/json or multipart/form-data, got {request.content_type!r}", code="unsupported_content_type"
+        )
+    return Body.from_json(request.get_data(cache=False))
 
 
 # ---------------------------------------------------------------- hooks

@@ -1,0 +1,72 @@
+"""This worker's models: compiled after fork in a background thread; the state the probes report.
+
+OpenVINO is not fork-safe, so nothing here runs in the gunicorn master: `post_worker_init` (and, as
+a fallback, the first request) calls `start_loading()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from .api import TalkingHead
+from .config import Settings
+from .errors import ModelsMissing, NotReady
+from .registry import Registry
+from .store import AvatarStore
+
+log = logging.getLogger("wav2lip.app")
+
+
+class Models:
+    """This worker's TalkingHead and avatar registry, loaded once in a background thread."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.head: TalkingHead | None = None
+        self.registry: Registry | None = None
+        self.error: str | None = None
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start_loading(self) -> None:
+        """Compile in a thread (call after fork, never in the gunicorn master); idempotent."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="load-models", daemon=True).start()
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            head = TalkingHead.load(settings=self.settings)
+            self.registry = Registry(head, AvatarStore(self.settings.avatar_dir, self.settings.avatar_store_mb * 1024 * 1024))
+            self.head = head  # last: a set `head` means ready
+        except ModelsMissing as e:
+            self.error = e.message
+            log.error("%s", e.message)
+            return
+        except (RuntimeError, OSError, KeyError, ValueError) as e:  # OpenVINO and manifest failures
+            self.error = f"could not load the models from {self.settings.models_dir}: {e}"
+            log.exception("model loading failed")
+            return
+        log.info("models ready in %.1f s", time.perf_counter() - t0, extra={"fields": self.describe()})
+
+    def ready(self, retry_after: int) -> Registry:
+        """The registry (and through it the compiled TalkingHead), or the 503 that says why not."""
+        if self.head is not None and self.registry is not None:
+            return self.registry
+        if self.error:
+            raise ModelsMissing(self.error)
+        raise NotReady("models are still loading; retry shortly", retry_after=retry_after)
+
+    def describe(self) -> dict[str, object]:
+        info: dict[str, object] = {"pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
+        if self.head is not None:
+            info |= self.head.info()
+            if info["generator_weights"] == "random":
+                info["warning"] = "generator weights are RANDOM (--random-init): output is not lip-sync"
+        return info

@@ -1,0 +1,135 @@
+"""Registered avatars on disk, shared by every gunicorn worker of one machine (`AVATAR_DIR`).
+
+One folder per avatar: `media` (the upload, as sent) and `meta.json` (kind, size, fps, per-frame
+face boxes, options). A registration is written into a private temporary folder and renamed into
+place: `rename(2)` of a folder is atomic, so readers never see half an avatar, and when two workers
+register the same avatar at once exactly one rename wins and the other finds it there. Reading an
+avatar touches its `meta.json`, so eviction (over `max_bytes`) removes the least recently used.
+
+The interface is small on purpose (put / get / media / list / delete) so another backend (Redis,
+for several machines) can stand in for this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import AvatarNotFound
+
+log = logging.getLogger(__name__)
+
+MEDIA, META = "media", "meta.json"
+
+
+class AvatarStore:
+    """A directory of registered avatars with least-recently-used eviction beyond `max_bytes`."""
+
+    def __init__(self, root: Path, max_bytes: int):
+        self.root = root
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()  # eviction within this process; other workers' renames are atomic
+
+    def _dir(self, avatar_id: str) -> Path:
+        if not avatar_id.isalnum():  # ids are hex digests: nothing else may name a folder
+            raise AvatarNotFound(f"no avatar with id {avatar_id[:80]!r}")
+        return self.root / avatar_id
+
+    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
+        """Store once; False if it was already there (same id: same content and options)."""
+        final = self._dir(avatar_id)
+        if (final / META).is_file():
+            self._touch(final)
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)  # on first use: a server that never registers leaves nothing
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        try:
+            (tmp / MEDIA).write_bytes(media)
+            (tmp / META).write_text(json.dumps(meta))
+            os.rename(tmp, final)
+        except OSError:
+            if (final / META).is_file():  # another worker won the race: theirs is identical
+                return False
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
+        self._evict(keep=avatar_id)
+        return True
+
+    def get(self, avatar_id: str) -> dict[str, Any]:
+        """The avatar's metadata; AvatarNotFound if unknown (or evicted)."""
+        folder = self._dir(avatar_id)
+        try:
+            meta = json.loads((folder / META).read_text())
+        except FileNotFoundError as e:
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}: register it with POST /api/avatars") from e
+        self._touch(folder)
+        return meta
+
+    def media(self, avatar_id: str) -> bytes:
+        try:
+            return (self._dir(avatar_id) / MEDIA).read_bytes()
+        except FileNotFoundError as e:
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}") from e
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every avatar's metadata, most recently used first."""
+        metas = []
+        for meta in sorted(self.root.glob(f"*/{META}"), key=_mtime, reverse=True):
+            try:
+                metas.append(json.loads(meta.read_text()))
+            except FileNotFoundError:  # deleted or evicted while we listed
+                continue
+        return metas
+
+    def delete(self, avatar_id: str) -> None:
+        folder = self._dir(avatar_id)
+        if not (folder / META).is_file():
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
+        self._remove(folder)
+
+    def _remove(self, folder: Path) -> None:
+        """Rename away first (atomic: readers see it gone at once), then delete the files."""
+        trash = Path(tempfile.mkdtemp(prefix=".del-", dir=self.root))
+        with contextlib.suppress(FileNotFoundError):  # someone else removed it
+            os.rename(folder, trash / "x")
+        shutil.rmtree(trash, ignore_errors=True)
+
+    @staticmethod
+    def _touch(folder: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+            os.utime(folder / META)
+
+    def _evict(self, keep: str) -> None:
+        with self._lock:
+            folders = sorted((p.parent for p in self.root.glob(f"*/{META}")), key=lambda f: _mtime(f / META))
+            sizes = {f: _size(f) for f in folders}
+            total = sum(sizes.values())
+            for folder in folders:
+                if total <= self.max_bytes:
+                    break
+                if folder.name != keep:
+                    log.info("avatar store over %d bytes: evicting %s (least recently used)", self.max_bytes, folder.name)
+                    self._remove(folder)
+                    total -= sizes[folder]
+
+
+def _size(folder: Path) -> int:
+    try:
+        return sum(p.stat().st_size for p in folder.iterdir())
+    except FileNotFoundError:  # removed by another worker meanwhile
+        return 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
