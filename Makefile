@@ -35,8 +35,11 @@ models: $(MODELS_DIR)/manifest.json  ## convert checkpoints to OpenVINO IR
 serve: models  ## gunicorn on port $(PORT)
 	MODELS_DIR=$(MODELS_DIR) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py app:app
 
+# TMPDIR is a fresh folder removed afterwards, pass or fail: pytest's basetemp (~550 MB of checkpoints
+# and IR), the servers' metrics folders and whatever else a test or a child process writes there.
 test: install  ## the whole suite (converts seeded random checkpoints itself)
-	$(PY) -m pytest -q tests
+	tmp=$$(mktemp -d -t wav2lip-test-XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	TMPDIR=$$tmp $(PY) -m pytest -q tests
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,6 +1,5 @@
 """Measurements that run in their own process, started by `bench/run.py`; one JSON object on stdout.
 
-    python -m bench._worker checkpoint OUT.pth SEED          # seeded random generator, original format
     python -m bench._worker reference CKPT IMAGE AUDIO X1 Y1 X2 Y2
     python -m bench._worker model-only IR_DIR IMAGE AUDIO X1 Y1 X2 Y2
 
@@ -22,32 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.gunicorn import status_kb
+
 REPEATS = {"auto": 5, "f32": 1}  # timed passes over the clip after one warm-up pass (median); f32 is 3–7× slower
 DETECT_REPEATS = 5  # back-to-back detector calls (the served ones follow each timed generator pass)
 
 
 def vmhwm_mb() -> float:
     """This process's peak resident set (VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (not Linux?)")
+    return status_kb("self", "VmHWM") / 1024
 
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def write_checkpoint(out: Path, seed: int) -> dict[str, object]:
-    """{'state_dict': {'module.<k>': tensor}, ...}: the layout of the published wav2lip*.pth."""
-    import torch
-
-    from wav2lip_core.models import randomize_
-    from wav2lip_core.models.wav2lip import Wav2Lip
-
-    state = randomize_(Wav2Lip(), seed).state_dict()
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "optimizer": None, "global_step": 0}, out)
-    return {"path": str(out), "seed": seed}
 
 
 def reference(ckpt: Path, image: Path, audio: Path, box: tuple[int, int, int, int]) -> dict[str, object]:
@@ -55,7 +41,7 @@ def reference(ckpt: Path, image: Path, audio: Path, box: tuple[int, int, int, in
     t0 = time.perf_counter()
     import torch
 
-    from bench.reference import load_checkpoint, timed_reference
+    from harness.reference import load_checkpoint, timed_reference
 
     torch.set_num_threads(cores())
     import_s = time.perf_counter() - t0
@@ -142,9 +128,6 @@ def model_only(ir: Path, image: Path, audio: Path, box: tuple[int, int, int, int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("checkpoint")
-    c.add_argument("out", type=Path)
-    c.add_argument("seed", type=int)
     for name in ("reference", "model-only"):
         s = sub.add_parser(name)
         s.add_argument("model", type=Path, help="checkpoint (reference) or IR folder (model-only)")
@@ -152,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("audio", type=Path)
         s.add_argument("box", type=int, nargs=4, metavar="X1 Y1 X2 Y2")
     args = p.parse_args(argv)
-    if args.cmd == "checkpoint":
-        result = write_checkpoint(args.out, args.seed)
-    elif args.cmd == "reference":
+    if args.cmd == "reference":
         result = reference(args.model, args.image, args.audio, tuple(args.box))
     else:
         result = model_only(args.model, args.image, args.audio, tuple(args.box))

@@ -2,10 +2,11 @@
 
     python -m bench.load --url http://127.0.0.1:8000 --clients 8 --requests 40 --timeout 120
 
-Without --url it starts its own gunicorn on a free loopback port with the IR in $MODELS_DIR
-(default ir_models/) and stops it at the end. Every client sends the test assets (astronaut + speech)
-back to back; a 503 is counted, not retried or waited for. Bounded: --requests in total, each with
---timeout seconds, and the whole run stops issuing requests after --max-seconds.
+Without --url it starts its own gunicorn (harness.gunicorn) on a free loopback port with the IR in
+$MODELS_DIR (default ir_models/), configured by the rest of the environment like `make serve`, and
+stops it at the end. Every client sends the test assets (astronaut + speech) back to back; a 503 is
+counted, not retried or waited for. Bounded: --requests in total, each with --timeout seconds, and
+the whole run stops issuing requests after --max-seconds.
 Writes bench/results/load.json.
 """
 
@@ -17,13 +18,11 @@ import http.client
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "test_assets"
+from harness import ASSETS, ROOT
+from harness.gunicorn import Gunicorn
+
 RESULTS = ROOT / "bench" / "results" / "load.json"
 
 
@@ -53,43 +53,16 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def own_server(models_dir: Path, ready_timeout: float) -> Iterator[str]:
-    """gunicorn on a free loopback port with the default configuration; stopped on exit."""
+def own_server(models_dir: Path) -> Iterator[str]:
+    """gunicorn on a free loopback port, configured by the caller's environment; stopped on exit."""
     if not (models_dir / "manifest.json").is_file():
         sys.exit(f"no IR in {models_dir}/: create it with  python convert_to_openvino.py --random-init 0 --out {models_dir}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MODELS_DIR": str(models_dir), "BIND": f"127.0.0.1:{port}", "LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"], cwd=ROOT, env=env)
-    try:
-        t0 = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError as e:  # not listening yet, or 503 while the models compile
-                if proc.poll() is not None:
-                    sys.exit(f"gunicorn exited with {proc.returncode} before it was ready")
-                if time.monotonic() - t0 > ready_timeout:
-                    raise TimeoutError(f"{url} not ready after {ready_timeout:g} s") from e
-            time.sleep(0.25)
-        print(f"started gunicorn on {url} (ready in {time.monotonic() - t0:.1f} s)", flush=True)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="wav2lip-load-") as tmp:
+        server = Gunicorn(models_dir, Path(tmp) / "gunicorn.log", cache_dir=None, env={"LOG_LEVEL": "warning"}, inherit_env=True)
+        with server:
+            print(f"started gunicorn on {server.url} (ready in {server.ready_s:.1f} s)", flush=True)
+            yield server.url
 
 
 def one_request(url: str, body: bytes, timeout: float, headers: dict[str, str]) -> Outcome:
@@ -167,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = go(args.url.rstrip("/"))
     else:
-        with own_server(Path(os.environ.get("MODELS_DIR", "ir_models")), ready_timeout=180) as url:
+        with own_server(Path(os.environ.get("MODELS_DIR", "ir_models"))) as url:
             result = go(url)
     result |= {"image": args.image.name, "audio": args.audio.name, "fps": args.fps, "own_server": not args.url}
     lat = result["latency_s"]

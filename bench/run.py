@@ -32,9 +32,11 @@ import numpy as np
 import soundfile as sf
 
 from bench import noise, report
-from bench.server import ROOT, Call, Server, concurrent, generate
+from bench.client import Call, concurrent, generate
+from harness import ASSETS, ROOT
+from harness.checkpoints import run_converter, write_checkpoints
+from harness.gunicorn import Gunicorn
 
-ASSETS = ROOT / "test_assets"
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 IMAGE, AUDIO = ASSETS / "astronaut.jpg", ASSETS / "speech.wav"
 BOX = (180, 70, 280, 215)  # x1, y1, x2, y2 around the astronaut's face (512×512)
@@ -47,7 +49,6 @@ LENGTHS_S = (5.0, 30.0, 120.0)
 CONCURRENCY_REQUESTS = 6  # per (workers × threads, clients) case
 WORKER_TIMEOUT_S = 900.0
 QUIET_WAIT_S = 20.0  # per stage, at most, for other processes to calm down (see bench/noise.py)
-CONVERT_TIMEOUT_S = 900.0
 _T0 = time.monotonic()
 
 
@@ -64,8 +65,8 @@ class Setup:
     cache: Path
     convert_s: float
 
-    def server(self, name: str, **env: str) -> Server:
-        return Server(self.ir, self.cache, self.tmp / f"gunicorn-{name}.log", env)
+    def server(self, name: str, **env: str) -> Gunicorn:
+        return Gunicorn(self.ir, self.tmp / f"gunicorn-{name}.log", cache_dir=self.cache, env=env)
 
 
 def run_worker(*args: str) -> dict:
@@ -84,15 +85,14 @@ def prepare(tmp: Path) -> Setup:
     if real:
         checkpoint, weights = real[0], f"real ({real[0].name})"
     else:
-        checkpoint, weights = tmp / "wav2lip.pth", f"random (seed {SEED})"
-        run_worker("checkpoint", str(checkpoint), str(SEED))
+        checkpoint, weights = write_checkpoints(tmp, SEED)["wav2lip"], f"random (seed {SEED})"
     progress(f"weights: {weights}; converting {checkpoint.name} to OpenVINO IR …")
-    cmd = [sys.executable, "convert_to_openvino.py", "--wav2lip", str(checkpoint), "--out", str(tmp / "ir")]
+    args = ["--wav2lip", str(checkpoint), "--out", str(tmp / "ir")]
     s3fd = ROOT / "checkpoints/s3fd.pth"
     if s3fd.is_file():
-        cmd += ["--s3fd", str(s3fd)]
+        args += ["--s3fd", str(s3fd)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False)
+    proc = run_converter(*args)
     if proc.returncode != 0:
         raise RuntimeError(f"convert_to_openvino.py failed ({proc.returncode}):\n{proc.stdout[-1000:]}{proc.stderr[-2000:]}")
     (tmp / "ov_cache").mkdir()

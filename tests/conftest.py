@@ -1,22 +1,25 @@
-"""Shared fixtures: seeded random checkpoints in the original on-disk formats, converted once per
-session by the real converter; a compiled pipeline; a real gunicorn server on a loopback port."""
+"""Fixtures only (helpers are in helpers.py): seeded random checkpoints in the original on-disk
+formats, converted once per session by the real converter; compiled pipelines; a real gunicorn
+server on a loopback port.
+
+Memory: compiled pipelines live per module, and what needs torch and much memory runs in a child
+process (checkpoints, the PyTorch reference at batch 128, the converter, the servers): the pytest
+process peaks ~1.3 GB instead of 3.2 GB.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "test_assets"
-sys.path.insert(0, str(ROOT))
+from harness import ASSETS
+from harness.checkpoints import run_converter, write_checkpoints
+from harness.gunicorn import Gunicorn
 
 
 @pytest.fixture(scope="session")
@@ -27,26 +30,7 @@ def assets() -> Path:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """wav2lip.pth as {'state_dict': {'module.<name>': tensor}, ...} and s3fd.pth as a plain state_dict."""
-    import torch
-
-    from wav2lip_core.models import randomize_
-    from wav2lip_core.models.s3fd import S3FD
-    from wav2lip_core.models.wav2lip import Wav2Lip
-
-    d = tmp_path_factory.mktemp("checkpoints")
-    gen = randomize_(Wav2Lip(), seed=1234).state_dict()
-    torch.save(
-        {"state_dict": {f"module.{k}": v for k, v in gen.items()}, "optimizer": None, "global_step": 0, "global_epoch": 0},
-        d / "wav2lip.pth",
-    )
-    torch.save(randomize_(S3FD(), seed=4321).state_dict(), d / "s3fd.pth")
-    return {"wav2lip": d / "wav2lip.pth", "s3fd": d / "s3fd.pth"}
-
-
-def run_converter(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "convert_to_openvino.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
+    return write_checkpoints(tmp_path_factory.mktemp("checkpoints"), wav2lip_seed=1234, s3fd_seed=4321)
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +45,6 @@ def ir_dir(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def ir_blazeface(ir_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same generator with BlazeFace as detector (what `make serve` builds without checkpoints)."""
-    import json
-    import shutil
-
     out = tmp_path_factory.mktemp("ir_bf") / "ir_models"
     out.mkdir()
     for f in [*ir_dir.glob("wav2lip*"), *ir_dir.glob("blazeface*")]:  # the whole and the split generator
@@ -75,92 +56,23 @@ def ir_blazeface(ir_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
-def make_settings(models_dir: Path, **overrides: object):
-    from dataclasses import replace
-
-    from wav2lip_core.config import Settings
-
-    return replace(Settings(), models_dir=models_dir, cache_dir=None, **overrides)
-
-
-def loaded_app(settings):
-    """A Flask app (in process) whose models are compiled and warm."""
-    from app import create_app
-
-    app = create_app(settings)
-    models = app.extensions["models"]
-    models.start_loading()
-    t0 = time.monotonic()
-    while models.lipsync is None and models.error is None and time.monotonic() - t0 < 120:
-        time.sleep(0.05)
-    assert models.lipsync is not None, models.error
-    return app
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lipsync(ir_blazeface: Path):
     from wav2lip_core.pipeline import LipSync
 
     return LipSync.load(make_settings(ir_blazeface))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lipsync_s3fd(ir_dir: Path):
     from wav2lip_core.pipeline import LipSync
 
     return LipSync.load(make_settings(ir_dir))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, timeout: float = 60.0) -> float:
-    """Poll /health until 200; returns seconds waited."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout} s")
-
-
-class Server:
-    """A real gunicorn serving app:app on a loopback port."""
-
-    def __init__(self, models_dir: Path, log_path: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MODELS_DIR": str(models_dir), "OV_CACHE_DIR": "", "BIND": f"127.0.0.1:{self.port}", **env}
-        self.log_path = log_path
-        self.log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_ready(self.url)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
-def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     """Default configuration (1 worker) with a small queue so overload is reachable in tests."""
-    s = Server(ir_blazeface, tmp_path_factory.mktemp("logs") / "gunicorn.log", CORS_ORIGINS="http://localhost:8123,null")
-    yield s
-    s.stop()
+    log = tmp_path_factory.mktemp("logs") / "gunicorn.log"
+    with Gunicorn(ir_blazeface, log, env={"CORS_ORIGINS": "http://localhost:8123,null"}, ready_timeout_s=120) as s:
+        yield s

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import pytest
 import soundfile as sf
-from conftest import ASSETS, loaded_app, make_settings
+from helpers import ASSETS, loaded_app, make_settings
 
 API_KEY = "test-key-0123"
 ORIGIN = "http://localhost:8123"

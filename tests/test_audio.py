@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.signal
 import soundfile as sf
-from media import encode_audio
+from helpers import encode_audio
 
-from bench.reference import reference_chunks
+from harness.reference import reference_chunks
 from wav2lip_core import audio as A
 from wav2lip_core.errors import BadRequest, LimitExceeded, UnsupportedMedia
 

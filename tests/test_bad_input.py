@@ -14,10 +14,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import loaded_app, make_settings
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from media import (
+from helpers import (
     ASSETS,
     SMALL_BOX,
     assert_error,
@@ -26,12 +23,16 @@ from media import (
     encode_audio,
     good_body,
     image_bytes,
+    loaded_app,
+    make_settings,
     png_header_only,
     small_face,
     speech_s,
     video_without_audio,
     wav,
 )
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 MAX_AUDIO_S = 3.0  # the test app's MAX_AUDIO_SECONDS: "audio too long" needs only 4 s of audio

@@ -25,7 +25,9 @@ from urllib.parse import quote
 
 import av
 import pytest
-from conftest import ROOT, Server
+
+from harness import ROOT
+from harness.gunicorn import Gunicorn
 
 NODE_CLI = ROOT / "clients" / "node" / "lipsync.mjs"
 PAGE_PORT = 8123  # the server fixture's CORS_ORIGINS allows http://localhost:8123
@@ -59,7 +61,7 @@ def run_cli(node: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([node, str(NODE_CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
-def test_node_cli_writes_a_playable_mp4(node: str, server: Server, assets: Path, tmp_path: Path) -> None:
+def test_node_cli_writes_a_playable_mp4(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     proc = run_cli(node, "--url", server.url, "--image", assets / "astronaut.jpg", "--audio", assets / "speech.wav", "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -71,7 +73,7 @@ def test_node_cli_writes_a_playable_mp4(node: str, server: Server, assets: Path,
         assert sum(1 for _ in c.decode(video=0)) == 160
 
 
-def test_node_cli_reports_the_error_json(node: str, server: Server, assets: Path, tmp_path: Path) -> None:
+def test_node_cli_reports_the_error_json(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
     text = tmp_path / "face.jpg"
     text.write_text("this is not an image\n")
     out = tmp_path / "out.mp4"
@@ -180,7 +182,7 @@ def page_origin() -> Iterator[tuple[str, queue.Queue[str]]]:
 
 
 def test_browser_page_plays_the_generated_video(
-    chromium: str, server: Server, page_origin: tuple[str, queue.Queue[str]], tmp_path: Path
+    chromium: str, server: Gunicorn, page_origin: tuple[str, queue.Queue[str]], tmp_path: Path
 ) -> None:
     origin, reports = page_origin
     page = f"{origin}/clients/browser/index.html?server={quote(server.url)}&report=/report"

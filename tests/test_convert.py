@@ -9,8 +9,8 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from conftest import run_converter
 
+from harness.checkpoints import run_converter
 from wav2lip_core.models.s3fd import S3FD
 from wav2lip_core.models.wav2lip import Wav2Lip
 

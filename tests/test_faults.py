@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import Server
-from media import (
+from helpers import (
     b64,
     encode_audio,
     good_body,
@@ -28,24 +27,11 @@ from media import (
     wav,
 )
 
+from harness.gunicorn import Gunicorn, memory_mb
+
 MAX_AUDIO_S = 3.0  # the test app's MAX_AUDIO_SECONDS: "audio too long" needs only 4 s of audio
 
 # ---------------------------------------------------------------- the real gunicorn server
-
-
-def workers(master: int) -> set[int]:
-    """Pids whose parent is the gunicorn master."""
-    out = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:  # the process exited while we listed /proc
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-            out.add(int(d.name))
-    return out
 
 
 def owner(server_port: int, client_port: int, pids: set[int], timeout: float = 3.0) -> int:
@@ -69,7 +55,7 @@ def owner(server_port: int, client_port: int, pids: set[int], timeout: float = 3
     raise TimeoutError(f"no worker of {pids} holds the connection from port {client_port}")
 
 
-def connection_to(server: Server, pid: int, timeout: float = 30.0) -> http.client.HTTPConnection:
+def connection_to(server: Gunicorn, pid: int, timeout: float = 30.0) -> http.client.HTTPConnection:
     """A keep-alive connection accepted by worker `pid` (connect until that worker accepts one, ≤ 200 tries).
 
     The kernel often hands several connections in a row to the same idle worker, so the tries are
@@ -79,7 +65,7 @@ def connection_to(server: Server, pid: int, timeout: float = 30.0) -> http.clien
         for i in range(200):
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
             conn.connect()
-            if owner(server.port, conn.sock.getsockname()[1], workers(server.proc.pid)) == pid:
+            if owner(server.port, conn.sock.getsockname()[1], server.workers()) == pid:
                 return conn
             spare.append(conn)
             time.sleep(0.005 * (i % 7))
@@ -96,7 +82,7 @@ def call(conn: http.client.HTTPConnection, body: dict | bytes, path: str = "/api
     return resp.status, dict(resp.headers), json.loads(resp.read())
 
 
-def post(server: Server, body: dict, timeout: float = 60.0) -> tuple[int, dict, dict, float]:
+def post(server: Gunicorn, body: dict, timeout: float = 60.0) -> tuple[int, dict, dict, float]:
     """One request on a fresh connection: status, headers, JSON, seconds."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     t0 = time.monotonic()
@@ -107,38 +93,16 @@ def post(server: Server, body: dict, timeout: float = 60.0) -> tuple[int, dict, 
     return status, headers, body_out, time.monotonic() - t0
 
 
-def log_records(server: Server) -> list[dict]:
-    return [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
-
-
-def wait_workers_ready(server: Server, n: int, timeout: float = 60.0) -> set[int]:
-    """Until n current workers have logged "models ready"; returns their pids."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        ready = {r["pid"] for r in log_records(server) if r.get("message", "").startswith("models ready")}
-        current = workers(server.proc.pid)
-        if len(current) == n and current <= ready:
-            return current
-        time.sleep(0.1)
-    raise TimeoutError(f"{n} workers not ready after {timeout} s")
-
-
 @pytest.fixture(scope="module")
-def pool(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def pool(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     """2 workers × 1 request, no queue, 3 s deadline, batch 1 (cheap one-frame requests), private TMPDIR."""
-    tmp = tmp_path_factory.mktemp("pool_tmp")
-    s = Server(ir_blazeface, tmp_path_factory.mktemp("pool_logs") / "gunicorn.log",
-               WEB_CONCURRENCY="2", MAX_CONCURRENT="1", MAX_QUEUE="0", BATCH_SIZE="1",
-               REQUEST_TIMEOUT_S="3", TMPDIR=str(tmp))  # fmt: skip
-    s.tmpdir = tmp
-    try:
-        wait_workers_ready(s, 2)
+    env = {"WEB_CONCURRENCY": "2", "MAX_CONCURRENT": "1", "MAX_QUEUE": "0", "BATCH_SIZE": "1", "REQUEST_TIMEOUT_S": "3",
+           "TMPDIR": str(tmp_path_factory.mktemp("pool_tmp"))}  # fmt: skip
+    with Gunicorn(ir_blazeface, tmp_path_factory.mktemp("pool_logs") / "gunicorn.log", env=env, ready_timeout_s=120) as s:
         yield s
-    finally:
-        s.stop()
 
 
-def test_body_over_limit_is_413_before_the_body_is_read(pool: Server) -> None:
+def test_body_over_limit_is_413_before_the_body_is_read(pool: Gunicorn) -> None:
     with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
         head = f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {10**10}\r\n\r\n"
         sock.sendall(head.encode() + b'{"image": "')
@@ -155,7 +119,7 @@ def test_body_over_limit_is_413_before_the_body_is_read(pool: Server) -> None:
     assert time.monotonic() - t0 < 5
 
 
-def test_overload_is_503_with_retry_after_at_once(pool: Server) -> None:
+def test_overload_is_503_with_retry_after_at_once(pool: Gunicorn) -> None:
     body = good_body(audio=b64(wav(speech_s(1.2))), fps=25)  # ~30 frames: ~1.5 s of work per request
     with ThreadPoolExecutor(6) as ex:
         results = list(ex.map(lambda _: post(pool, body), range(6)))
@@ -169,7 +133,7 @@ def test_overload_is_503_with_retry_after_at_once(pool: Server) -> None:
     assert post(pool, good_body())[0] == 200
 
 
-def test_a_stalled_upload_does_not_hold_the_compute_slot(server: Server) -> None:
+def test_a_stalled_upload_does_not_hold_the_compute_slot(server: Gunicorn) -> None:
     """On the default single worker (one compute slot), a client that sends its headers and part of
     the body, then stalls, must not block the others: the body is read before a slot is taken."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -184,24 +148,24 @@ def test_a_stalled_upload_does_not_hold_the_compute_slot(server: Server) -> None
         conn.close()
 
 
-def test_deadline_is_504_and_the_worker_keeps_serving(pool: Server) -> None:
-    before = workers(pool.proc.pid)
+def test_deadline_is_504_and_the_worker_keeps_serving(pool: Gunicorn) -> None:
+    before = pool.workers()
     status, _, out, seconds = post(pool, good_body(audio=b64(wav(speech_s(60))), fps=25))  # 1500 frames ≫ 3 s
     print(f"504 after {seconds:.2f} s")
     assert status == 504 and out["error"]["code"] == "deadline_exceeded", out
     assert seconds < 3 + 5
     assert [post(pool, good_body())[0] for _ in range(4)] == [200] * 4
-    assert workers(pool.proc.pid) == before  # no worker died or was recycled
+    assert pool.workers() == before  # no worker died or was recycled
 
 
-def test_metrics_sum_both_workers(pool: Server) -> None:
+def test_metrics_sum_both_workers(pool: Gunicorn) -> None:
     def count_400() -> float:
         with urllib.request.urlopen(f"{pool.url}/metrics", timeout=10) as r:
             match = re.search(r'^lipsync_requests_total\{status="400"\} (\S+)$', r.read().decode(), re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
     before = count_400()
-    pids = sorted(workers(pool.proc.pid))
+    pids = sorted(pool.workers())
     for pid, n in zip(pids, (3, 2), strict=True):
         conn = connection_to(pool, pid)
         try:
@@ -211,7 +175,7 @@ def test_metrics_sum_both_workers(pool: Server) -> None:
     assert count_400() - before == 5
 
 
-def test_json_log_lines_carry_request_id_status_pid(pool: Server) -> None:
+def test_json_log_lines_carry_request_id_status_pid(pool: Gunicorn) -> None:
     rid = f"log-probe-{uuid.uuid4().hex}"
     conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
     try:
@@ -220,29 +184,24 @@ def test_json_log_lines_carry_request_id_status_pid(pool: Server) -> None:
         conn.close()
     assert status == 400 and headers["X-Request-ID"] == rid
     t0 = time.monotonic()
-    while not (records := [r for r in log_records(pool) if r.get("request_id") == rid]) and time.monotonic() - t0 < 5:
+    while not (records := [r for r in pool.log_records() if r.get("request_id") == rid]) and time.monotonic() - t0 < 5:
         time.sleep(0.05)
     assert len(records) == 1, records
-    assert records[0]["status"] == 400 and records[0]["pid"] in workers(pool.proc.pid) and records[0]["path"] == "/api/generate"
+    assert records[0]["status"] == 400 and records[0]["pid"] in pool.workers() and records[0]["path"] == "/api/generate"
 
 
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
-
-
-def test_rss_growth_over_200_requests(pool: Server) -> None:
-    pid = min(workers(pool.proc.pid))
+def test_rss_growth_over_200_requests(pool: Gunicorn) -> None:
+    pid = min(pool.workers())
     conn = connection_to(pool, pid)  # keep-alive: every request goes to this worker
     body = good_body(audio=b64(wav(speech_s(0.5))), fps=2)  # 0.5 s of audio, one frame
     try:
         for _ in range(20):  # warm-up: allocator pools and caches reach their steady size
             assert call(conn, body)[0] == 200
-        before = rss_mb(pid)
+        before = memory_mb(pid)["rss_mb"]
         t0 = time.monotonic()
         for _ in range(200):
             assert call(conn, body)[0] == 200
-        after = rss_mb(pid)
+        after = memory_mb(pid)["rss_mb"]
     finally:
         conn.close()
     print(
@@ -255,9 +214,10 @@ def listing(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir() if not p.name.startswith("wav2lip-metrics-")}
 
 
-def test_no_temporary_files_are_left_behind(pool: Server) -> None:
+def test_no_temporary_files_are_left_behind(pool: Gunicorn) -> None:
     shm = Path("/dev/shm")
-    before_tmp, before_shm = listing(pool.tmpdir), listing(shm)
+    tmpdir = Path(pool.env["TMPDIR"])
+    before_tmp, before_shm = listing(tmpdir), listing(shm)
     bodies = [
         good_body(),
         good_body(audio=b64(encode_audio(speech_s(0.5), 16000, "webm", "libopus"))),
@@ -268,14 +228,14 @@ def test_no_temporary_files_are_left_behind(pool: Server) -> None:
     ]
     statuses = [post(pool, b)[0] for b in bodies]
     assert statuses == [200, 200, 200, 415, 415, 504]
-    assert listing(pool.tmpdir) == before_tmp, listing(pool.tmpdir) - before_tmp
+    assert listing(tmpdir) == before_tmp, listing(tmpdir) - before_tmp
     assert not listing(shm) - before_shm, listing(shm) - before_shm
     # the listing is the server's own tempfile.gettempdir(): gunicorn.conf.py put its metrics directory there
-    assert any(p.name.startswith("wav2lip-metrics-") for p in pool.tmpdir.iterdir())
+    assert any(p.name.startswith("wav2lip-metrics-") for p in tmpdir.iterdir())
 
 
-def test_sigkill_mid_request_fails_cleanly_and_the_worker_is_replaced(pool: Server) -> None:
-    victim, survivor = sorted(workers(pool.proc.pid))
+def test_sigkill_mid_request_fails_cleanly_and_the_worker_is_replaced(pool: Gunicorn) -> None:
+    victim, survivor = sorted(pool.workers())
     doomed, spared = connection_to(pool, victim, timeout=10), connection_to(pool, survivor, timeout=30)
     long_body = json.dumps(good_body(audio=b64(wav(speech_s(30))), fps=25)).encode()  # would take > 3 s
     doomed.request("POST", "/api/generate", body=long_body, headers={"Content-Type": "application/json"})
@@ -290,7 +250,7 @@ def test_sigkill_mid_request_fails_cleanly_and_the_worker_is_replaced(pool: Serv
         assert spared_result.result(timeout=30)[0] == 200  # the other worker is unaffected
     doomed.close()
     spared.close()
-    new = wait_workers_ready(pool, 2, timeout=15) - {survivor}
+    new = pool.wait_ready(2, timeout=15) - {survivor}
     assert len(new) == 1 and victim not in new
     conn = connection_to(pool, new.pop(), timeout=10)
     try:

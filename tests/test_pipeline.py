@@ -7,9 +7,9 @@ import math
 import cv2
 import numpy as np
 import pytest
-from media import decode_mp4, psnr
+from helpers import decode_mp4, psnr
 
-from bench.reference import load_checkpoint, reference_frames
+from harness.reference import reference_crops
 from wav2lip_core import audio as A
 from wav2lip_core.compose import Paster, face_input
 from wav2lip_core.errors import NoFace
@@ -34,11 +34,8 @@ def test_mp4_facts(clip) -> None:
 
 @pytest.fixture(scope="module")
 def reference(checkpoints, assets) -> list[np.ndarray]:
-    """inference.py's un-encoded frames (PyTorch f32), box region only."""
-    model = load_checkpoint(checkpoints["wav2lip"])
-    frame = cv2.imread(str(assets / "astronaut.jpg"))
-    x1, y1, x2, y2 = BOX
-    return [f[y1:y2, x1:x2].copy() for f in reference_frames(model, frame, assets / "speech.wav", BOX)]
+    """inference.py's un-encoded frames (PyTorch f32), box region only; made in a child process."""
+    return reference_crops(checkpoints["wav2lip"], assets / "astronaut.jpg", assets / "speech.wav", BOX)
 
 
 def _luma(bgr: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Test media made in memory (PyAV, soundfile, Pillow) and MP4 decoding; no files left behind."""
+"""Helpers the tests share: the app in process, test media made in memory (PyAV,
+soundfile, Pillow) and MP4 decoding; no files left behind. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import base64
 import io
 import math
 import struct
+import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -16,9 +18,31 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-ASSETS = Path(__file__).resolve().parent.parent / "test_assets"
+from harness import ASSETS
+from wav2lip_core.config import Settings
+
 SMALL_BOX = [50, 30, 140, 150]  # the astronaut's face inside small_face(), given to skip detection
 ERROR_SHAPE_KEYS = {"code", "message"}
+MODELS_TIMEOUT_S = 120
+
+
+def make_settings(models_dir: Path, **overrides: object) -> Settings:
+    """Default settings on `models_dir`, no compile cache, with `overrides`."""
+    return replace(Settings(), models_dir=models_dir, cache_dir=None, **overrides)
+
+
+def loaded_app(settings: Settings):
+    """A Flask app (in process) whose models are compiled and warm."""
+    from app import create_app
+
+    app = create_app(settings)
+    models = app.extensions["models"]
+    models.start_loading()
+    t0 = time.monotonic()
+    while models.lipsync is None and models.error is None and time.monotonic() - t0 < MODELS_TIMEOUT_S:
+        time.sleep(0.05)
+    assert models.lipsync is not None, models.error
+    return app
 
 
 def encode_audio(samples: np.ndarray, rate: int, fmt: str, codec: str, layout: str | None = None) -> bytes:

@@ -4,10 +4,16 @@ A plain transcription of the original behaviour (librosa mel, 16-column chunks a
 batch 128, BGR crop → 96², lower half zeroed, /255, output ×255 truncated to uint8, cv2.resize
 back into the box) used by the benchmark as the baseline and by the tests as the independent
 reference for PSNR. Imports torch: bench and tests only.
+
+    python -m harness.reference CKPT IMAGE AUDIO X1 Y1 X2 Y2 OUT.npy   # the box regions of every frame
 """
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +24,10 @@ import numpy as np
 import scipy.signal
 import torch
 
+from harness import ROOT
 from wav2lip_core.models.wav2lip import Wav2Lip
+
+TIMEOUT_S = 600.0
 
 
 def load_checkpoint(path: Path) -> Wav2Lip:
@@ -81,3 +90,33 @@ def timed_reference(checkpoint: Path, image: Path, audio_path: Path, box: tuple[
     frame = cv2.imread(str(image))
     n = sum(1 for _ in reference_frames(model, frame, audio_path, box, fps))
     return {"frames": n, "seconds": time.perf_counter() - t0}
+
+
+def reference_crops(checkpoint: Path, image: Path, audio_path: Path, box: tuple[int, int, int, int]) -> list[np.ndarray]:
+    """reference_frames' box regions at 25 fps, computed in a child process: batch 128 in PyTorch eager
+    peaks ~1.5 GB above the model, which the caller (the pytest process) then never holds."""
+    with tempfile.TemporaryDirectory(prefix="wav2lip-reference-") as tmp:
+        out = Path(tmp) / "crops.npy"
+        cmd = [sys.executable, "-m", "harness.reference", str(checkpoint), str(image), str(audio_path), *map(str, box), str(out)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"harness.reference failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        return list(np.load(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="inference.py's frames for a still image and a box; their box regions to OUT.npy")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("image", type=Path)
+    p.add_argument("audio", type=Path)
+    p.add_argument("box", type=int, nargs=4, metavar="X1 Y1 X2 Y2")
+    p.add_argument("out", type=Path, help="(frames, y2 - y1, x2 - x1, 3) uint8 BGR")
+    args = p.parse_args(argv)
+    x1, y1, x2, y2 = args.box
+    frames = reference_frames(load_checkpoint(args.checkpoint), cv2.imread(str(args.image)), args.audio, tuple(args.box))
+    np.save(args.out, np.stack([f[y1:y2, x1:x2].copy() for f in frames]))  # copies: each full frame is freed at once
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
