@@ -2,13 +2,15 @@
 formats, converted once per session by the real converter; compiled pipelines; a real gunicorn
 server on a loopback port.
 
-Memory: compiled pipelines live per module, and what needs torch and much memory runs in a child
-process (checkpoints, the PyTorch reference at batch 128, the converter, the servers): the pytest
-process peaks ~1.3 GB instead of 3.2 GB.
+Memory: compiled pipelines live per module and their heap is returned after it; what needs torch
+and much memory runs in a child process (checkpoints, the PyTorch reference at batch 128, the
+converter, the servers): the pytest process peaks ~1.3 GB instead of 3.2 GB.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import shutil
 from collections.abc import Iterator
@@ -20,6 +22,20 @@ from helpers import make_settings
 from harness import ASSETS
 from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
+
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _return_freed_memory() -> Iterator[None]:
+    """After each module (its apps and pipelines dropped), hand the freed heap back to the system.
+
+    glibc keeps freed memory in its arenas, so without this the process's RSS only grows from module
+    to module: measured over `make test`, 1.5 GB at the peak without, 1.3 GB with."""
+    yield
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 @pytest.fixture(scope="session")
