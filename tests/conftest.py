@@ -2,15 +2,14 @@
 formats, converted once per session by the real converter; compiled pipelines; a real gunicorn
 server on a loopback port.
 
-Memory: everything heavy is per module or in a child process (checkpoints, the PyTorch reference,
-the converter, the servers), and after each module the freed heap goes back to the system, so the
-pytest process stays small however many modules compiled models before.
+Memory: compiled pipelines live per module and their heap is returned after it; what needs torch
+and much memory runs in a child process (checkpoints, the PyTorch reference at batch 128, the
+converter, the servers): the pytest process peaks ~1.3 GB instead of 3.2 GB.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import shutil
 from collections.abc import Iterator
@@ -25,15 +24,19 @@ from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _release_memory_after_module() -> Iterator[None]:
-    """Module-scoped apps and pipelines are dropped at the module's end; give their heap back to the OS."""
+def _return_freed_memory() -> Iterator[None]:
+    """After each module (its apps and pipelines dropped), hand the freed heap back to the system.
+
+    glibc keeps freed memory in its arenas, so without this the process's RSS only grows from module
+    to module: measured over `make test`, 1.5 GB at the peak without, 1.3 GB with."""
     yield
     gc.collect()
-    _LIBC.malloc_trim(0)  # glibc keeps freed arenas mapped; without this RSS only ever grows
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 @pytest.fixture(scope="session")
