@@ -22,7 +22,7 @@ from wav2lip_core.loader import Models
 from wav2lip_core.payload import parse_avatar, parse_generate
 from wav2lip_core.registry import Registry
 from wav2lip_core.schema import Result
-from wav2lip_core.web import install_hooks, log_fields, read_body
+from wav2lip_core.web import check_body, install_hooks, log_fields, read_body
 
 
 def livez() -> Response:
@@ -42,17 +42,21 @@ def prometheus() -> Response:
     return Response(body, content_type=content_type)
 
 
-def _ready() -> tuple[Registry, Gate, Settings]:
+def _ready(body: bool = False) -> tuple[Registry, Gate, Settings]:
+    """This worker's registry, gate and settings; with a `body` to come, its headers are checked first."""
     gate: Gate = current_app.extensions["gate"]
-    return current_app.extensions["models"].ready(retry_after=gate.retry_after()), gate, current_app.extensions["settings"]
+    settings: Settings = current_app.extensions["settings"]
+    if body:
+        check_body(settings.max_request_bytes)
+    return current_app.extensions["models"].ready(retry_after=gate.retry_after()), gate, settings
 
 
 def generate() -> Response:
     """image / video / avatar_id + audio (JSON or multipart) → an MP4: in JSON (base64), or raw with `Accept: video/mp4`."""
-    registry, gate, settings = _ready()
+    registry, gate, settings = _ready(body=True)
     # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
     # only compute slot, and a malformed request must not queue behind the running ones.
-    req = parse_generate(read_body(settings.max_request_bytes))
+    req = parse_generate(read_body())
     with gate.admit(), metrics.in_flight():
         result = registry.generate(req, deadline=time.monotonic() + settings.request_timeout_s)
     metrics.record_result(result)
@@ -66,8 +70,8 @@ def generate() -> Response:
 
 def register_avatar() -> tuple[Response, int]:
     """An image or a short video (JSON or multipart) → its avatar record: 201 when new, 200 when known."""
-    registry, gate, settings = _ready()
-    req = parse_avatar(read_body(settings.max_request_bytes))
+    registry, gate, _ = _ready(body=True)
+    req = parse_avatar(read_body())
     with gate.admit(), metrics.in_flight():
         record, created = registry.register(req.media, req.options, req.video)
     return jsonify(record), 201 if created else 200

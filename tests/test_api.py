@@ -17,7 +17,19 @@ from helpers import ASSETS, loaded_app, make_settings
 API_KEY = "test-key-0123"
 ORIGIN = "http://localhost:8123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CONTRACT_KEYS = {"video", "mime_type", "duration_s", "fps", "frames", "width", "height", "face_box", "timings_ms", "request_id"}
+CONTRACT_KEYS = {
+    "video",
+    "mime_type",
+    "duration_s",
+    "fps",
+    "frames",
+    "width",
+    "height",
+    "face_box",
+    "end_frame",
+    "timings_ms",
+    "request_id",
+}
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class AvatarStore:
         try:
             (tmp / MEDIA).write_bytes(media)
             (tmp / META).write_text(json.dumps(meta))
+            self._touch(tmp)
             os.rename(tmp, final)
         except OSError:
             if (final / META).is_file():  # another worker won the race: theirs is identical
@@ -104,8 +106,9 @@ class AvatarStore:
 
     @staticmethod
     def _touch(folder: Path) -> None:
+        now = time.time_ns()  # explicit: the file system's own clock is coarse (several ms)
         with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
-            os.utime(folder / META)
+            os.utime(folder / META, ns=(now, now))
 
     def _evict(self, keep: str) -> None:
         with self._lock:

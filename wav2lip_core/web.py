@@ -52,20 +52,23 @@ def log_fields(**fields: object) -> None:
     g.access_fields = g.get("access_fields", {}) | fields
 
 
-def read_body(max_bytes: int) -> Body:
-    """The request body as fields: JSON, or multipart/form-data (files and form strings).
+def check_body(max_bytes: int) -> None:
+    """Before anything is read: 415 unless JSON or multipart/form-data, 413 if Content-Length is over the limit.
 
-    413 from Content-Length before anything is read; a body without one is cut off at the same limit
-    while it streams in (Flask's MAX_CONTENT_LENGTH), so nothing over the limit is ever buffered."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {max_bytes}")
-    if request.mimetype == "multipart/form-data":
-        files = {name: f.read() for name, f in request.files.items()}
-        return Body(request.form.to_dict(), files, form=True)
-    if not request.is_json:
+    A body without a Content-Length is cut off at the same limit while it streams in (Flask's
+    MAX_CONTENT_LENGTH), so nothing over the limit is ever buffered."""
+    if request.mimetype != "multipart/form-data" and not request.is_json:
         raise UnsupportedMedia(
             f"Content-Type must be application/json or multipart/form-data, got {request.content_type!r}", code="unsupported_content_type"
         )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {max_bytes}")
+
+
+def read_body() -> Body:
+    """The request body as fields: JSON values, or multipart form strings and uploaded files."""
+    if request.mimetype == "multipart/form-data":
+        return Body(request.form.to_dict(), {name: f.read() for name, f in request.files.items()}, form=True)
     return Body.from_json(request.get_data(cache=False))
 
 
