@@ -92,12 +92,16 @@ def timed_reference(checkpoint: Path, image: Path, audio_path: Path, box: tuple[
     return {"frames": n, "seconds": time.perf_counter() - t0}
 
 
+TEST_BATCH = 32  # same frames as inference.py's 128 (each frame is computed alone); 0.6 GB less at the peak
+
+
 def reference_crops(checkpoint: Path, image: Path, audio_path: Path, box: tuple[int, int, int, int]) -> list[np.ndarray]:
-    """reference_frames' box regions at 25 fps, computed in a child process: batch 128 in PyTorch eager
-    peaks ~1.5 GB above the model, which the caller (the pytest process) then never holds."""
+    """reference_frames' box regions at 25 fps, computed in a child process at TEST_BATCH: PyTorch eager
+    at batch 128 peaks ~1.9 GB, which neither the caller (the pytest process) nor the suite should hold."""
     with tempfile.TemporaryDirectory(prefix="wav2lip-reference-") as tmp:
         out = Path(tmp) / "crops.npy"
-        cmd = [sys.executable, "-m", "harness.reference", str(checkpoint), str(image), str(audio_path), *map(str, box), str(out)]
+        cmd = [sys.executable, "-m", "harness.reference", str(checkpoint), str(image), str(audio_path), *map(str, box), str(out),
+               "--batch", str(TEST_BATCH)]  # fmt: skip
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"harness.reference failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -111,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("audio", type=Path)
     p.add_argument("box", type=int, nargs=4, metavar="X1 Y1 X2 Y2")
     p.add_argument("out", type=Path, help="(frames, y2 - y1, x2 - x1, 3) uint8 BGR")
+    p.add_argument("--batch", type=int, default=128, help="frames per PyTorch call (inference.py: 128)")
     args = p.parse_args(argv)
     x1, y1, x2, y2 = args.box
-    frames = reference_frames(load_checkpoint(args.checkpoint), cv2.imread(str(args.image)), args.audio, tuple(args.box))
+    model, frame = load_checkpoint(args.checkpoint), cv2.imread(str(args.image))
+    frames = reference_frames(model, frame, args.audio, tuple(args.box), batch=args.batch)
     np.save(args.out, np.stack([f[y1:y2, x1:x2].copy() for f in frames]))  # copies: each full frame is freed at once
     return 0
 
