@@ -20,7 +20,7 @@ from wav2lip_core.config import Settings
 from wav2lip_core.gate import Gate
 from wav2lip_core.loader import Models
 from wav2lip_core.payload import parse_avatar, parse_generate
-from wav2lip_core.registry import Registry
+from wav2lip_core.registry import IDLE_FILE, Registry
 from wav2lip_core.schema import Result
 from wav2lip_core.web import check_body, install_hooks, log_fields, read_body
 
@@ -96,6 +96,17 @@ def avatar_media(avatar_id: str) -> Response:
     return resp.make_conditional(request)
 
 
+def avatar_idle(avatar_id: str) -> Response:
+    """The idle loop (ping-pong, no sound): loop it in a <video> and cut to a clip at its current position."""
+    registry, gate, _ = _ready()
+    if registry.store.extra(avatar_id, IDLE_FILE) is None:
+        with gate.admit():  # made once: encoding a loop is compute
+            registry.idle(avatar_id)
+    resp = Response(registry.idle(avatar_id), mimetype="video/mp4")
+    resp.set_etag(f"{avatar_id}-idle")
+    return resp.make_conditional(request)
+
+
 def delete_avatar(avatar_id: str) -> tuple[str, int]:
     _ready()[0].store.delete(avatar_id)
     return "", 204
@@ -137,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/api/avatars/<avatar_id>", view_func=get_avatar, methods=["GET"])
     app.add_url_rule("/api/avatars/<avatar_id>", view_func=delete_avatar, methods=["DELETE"])
     app.add_url_rule("/api/avatars/<avatar_id>/media", view_func=avatar_media, methods=["GET"])
+    app.add_url_rule("/api/avatars/<avatar_id>/idle.mp4", view_func=avatar_idle, methods=["GET"])
     return app
 
 

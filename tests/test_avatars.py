@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMALL_BOX, assert_error, b64, decode_mp4, idle_clip, loaded_app, make_settings, small_face, speech_s, wav
+from helpers import SMALL_BOX, assert_error, b64, decode_mp4, idle_clip, loaded_app, make_settings, psnr, small_face, speech_s, wav
 
 from wav2lip_core.avatar import smooth_boxes
 from wav2lip_core.errors import AvatarNotFound
@@ -175,3 +175,17 @@ def test_store_is_atomic_under_concurrent_registration_and_evicts_lru(tmp_path: 
         store.get("abc2")
     assert not [p for p in (tmp_path / "avatars").iterdir() if p.name.startswith(".")]  # no temporary folders left
     assert json.loads((tmp_path / "avatars" / "abc1" / "meta.json").read_text()) == {"avatar_id": "abc1"}
+
+
+def test_idle_loop_is_one_pingpong_period(client, clip) -> None:
+    ident = post(client, "/api/avatars", {"video": b64(clip[0])}).get_json()["avatar_id"]
+    resp = client.get(f"/api/avatars/{ident}/idle.mp4")
+    assert resp.status_code == 200 and resp.mimetype == "video/mp4" and resp.headers["ETag"]
+    idle, source = decode_mp4(resp.data), decode_mp4(clip[0])
+    period = 2 * CLIP_FRAMES - 2
+    assert len(idle.frames) == period and idle.audio_codec is None
+    for p in (0, CLIP_FRAMES - 1, CLIP_FRAMES, period - 1):  # position p shows frame p, then 2N - 2 - p
+        want = source.frames[p if p < CLIP_FRAMES else period - p]
+        assert psnr(idle.frames[p], want) > 35, p
+    again = client.get(f"/api/avatars/{ident}/idle.mp4", headers={"If-None-Match": resp.headers["ETag"]})
+    assert again.status_code == 304

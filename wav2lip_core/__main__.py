@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            avatar = head.prepare_avatar(args.face, pads=options.pads, box=options.box)
-            result = head.render(args.audio, avatar, options, args.out, progress=progress)
+            result = head.render(args.audio, args.face, options, args.out, progress=progress)
     except (LipSyncError, ValueError, OSError) as e:
         print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 2

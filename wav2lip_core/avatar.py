@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import av
@@ -129,7 +130,7 @@ def prepare(frames: list[np.ndarray], fps: float, kind: str, options: Options, f
         box, cached = finder.find(out[0], options.pads)
         boxes, source = [box], "cache" if cached else "detector"
     else:
-        boxes, source = smooth_boxes(_track(out, options.pads, finder)), "detector"
+        boxes, source = smooth_boxes(track(out, options.pads, finder)), "detector"
     return restore(out, boxes, fps, source, kind)
 
 
@@ -145,7 +146,7 @@ def restore(frames: list[np.ndarray], boxes: list[Box], fps: float, source: str,
     return Avatar(tuple(frames), tuple(boxes), faces, fps, source, kind)
 
 
-def _track(frames: list[np.ndarray], pads: Box, finder: FaceFinder) -> list[Box]:
+def track(frames: Iterable[np.ndarray], pads: Box, finder: FaceFinder) -> list[Box]:
     """A box per frame; a frame where the detector finds no face takes the nearest frame's box."""
     found: list[Box | None] = []
     for frame in frames:
@@ -155,8 +156,8 @@ def _track(frames: list[np.ndarray], pads: Box, finder: FaceFinder) -> list[Box]
             found.append(None)
     known = [i for i, b in enumerate(found) if b is not None]
     if not known:
-        raise NoFace(f"no face found in any of the {len(frames)} frames; {NO_FACE_HINT}")
-    return [found[i] or found[min(known, key=lambda k: abs(k - i))] for i in range(len(frames))]  # type: ignore[misc]
+        raise NoFace(f"no face found in any of the {len(found)} frames; {NO_FACE_HINT}")
+    return [found[i] or found[min(known, key=lambda k: abs(k - i))] for i in range(len(found))]  # type: ignore[misc]
 
 
 def decode(data: bytes, max_pixels: int, max_seconds: float, video: bool | None = None) -> tuple[list[np.ndarray], float, str]:

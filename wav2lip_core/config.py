@@ -104,7 +104,10 @@ class Settings:
         1024, "AVATAR_STORE_MB", "disk for registered avatars; beyond it the least recently used are evicted", 1, 10**7
     )
     max_avatar_seconds: float = setting(
-        20.0, "MAX_AVATAR_SECONDS", "length limit of a video avatar kept in memory and looped → `422 video_too_long`", 0.1, 600.0
+        10.0, "MAX_AVATAR_SECONDS", "length limit of a video avatar kept in memory and looped → `422 video_too_long`", 0.1, 600.0
+    )
+    max_video_seconds: float = setting(
+        600.0, "MAX_VIDEO_SECONDS", "length limit of a video played straight through (`loop: none`, dubbing): streamed", 0.1, 7200.0
     )
     # gunicorn (read by gunicorn.conf.py)
     port: int = setting(8000, "PORT", "port of the default listen address", 1, 65535)

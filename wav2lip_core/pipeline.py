@@ -20,6 +20,7 @@ from .detect import FaceFinder
 from .errors import DeadlineExceeded
 from .generator import Generator
 from .schema import Options, Result
+from .stream import streamed
 from .video import Mp4Writer
 
 Progress = Callable[[int, int], None]  # (frames done, frames in total)
@@ -53,8 +54,16 @@ class LipSync:
         self.finder.detector.detect(np.zeros((64, 64, 3), np.uint8))
 
     def prepare(self, media: bytes, options: Options, video: bool | None = None, clock: Clock | None = None) -> V.Avatar:
-        """Decode an image or clip and find its face box(es): the part of a request that a reused avatar skips."""
+        """Decode an image or clip and find its face box(es): the part of a request that a reused avatar skips.
+
+        A video played straight through (`loop: none`, dubbing) is streamed: any length up to
+        MAX_VIDEO_SECONDS, never all its frames in memory."""
         clock = clock or Clock()
+        s = self.settings
+        if options.loop == "none" and (video if video is not None else V.is_video(media)):
+            avatar = streamed(media, options, self.finder, s.max_image_pixels, s.max_video_seconds, s.max_output_side)
+            clock.lap("detect")  # decode and detection interleave in the first pass
+            return avatar
         frames, fps, kind = V.decode(media, self.settings.max_image_pixels, self.settings.max_avatar_seconds, video)
         fps = options.fps_or(fps) if kind == "image" else fps  # a registered image keeps its requested rate
         clock.lap("decode")

@@ -19,8 +19,10 @@ from .payload import GenerateRequest
 from .pipeline import Clock
 from .schema import Options, Result
 from .store import AvatarStore
+from .video import Mp4Writer
 
 ID_BYTES = 12  # 24 hex digits
+IDLE_FILE = "idle.mp4"
 
 
 def avatar_id(media: bytes, options: Options) -> str:
@@ -66,6 +68,27 @@ class Registry:
             return self.render(req.avatar_id, req.audio, req.options, deadline)
         media, video = (req.video, True) if req.video is not None else (req.image, False)
         return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)  # type: ignore[arg-type]
+
+    def idle(self, ident: str) -> bytes:
+        """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page
+        that loops it shows loop position round(currentTime × fps) mod period (made once, then kept)."""
+        cached = self.store.extra(ident, IDLE_FILE)
+        if cached is not None:
+            return cached
+        record = self.store.get(ident)
+        boxes = [tuple(b) for b in record["face_boxes"]]
+        avatar = self.head.lipsync.restore(self.store.media(ident), record["kind"], boxes, record["fps"])  # type: ignore[arg-type]
+        s = self.head.settings
+        writer = Mp4Writer(avatar.width, avatar.height, avatar.fps, s.x264_preset, s.x264_crf, s.x264_params)
+        try:
+            for k in avatar.sequence(avatar.period("pingpong"), "pingpong"):
+                writer.write(avatar.frames[int(k)])
+            data = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        self.store.put_extra(ident, IDLE_FILE, data)
+        return data
 
     def render(self, ident: str, audio: bytes, options: Options, deadline: float | None = None) -> Result:
         """Lip-sync a registered avatar: the stored upload decoded again, its stored boxes, no detection."""

@@ -81,6 +81,22 @@ class AvatarStore:
         except FileNotFoundError as e:
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}") from e
 
+    def extra(self, avatar_id: str, name: str) -> bytes | None:
+        """A derived file kept beside the avatar (e.g. its idle loop), or None if not made yet."""
+        try:
+            return (self._dir(avatar_id) / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_extra(self, avatar_id: str, name: str, data: bytes) -> None:
+        """Write a derived file atomically (a temporary name, then rename); last writer wins, all write the same."""
+        folder = self._dir(avatar_id)
+        if not (folder / META).is_file():
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
+        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
         metas = []
