@@ -103,7 +103,11 @@ def decode_video(data: bytes, max_pixels: int, max_seconds: float) -> tuple[list
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="bgr24"))
                 if len(frames) > limit:
-                    raise LimitExceeded(f"video is longer than {max_seconds:g} s (MAX_AVATAR_SECONDS)", code="video_too_long")
+                    raise LimitExceeded(
+                        f"video is longer than {max_seconds:g} s, the limit for a looped video held in memory (MAX_AVATAR_SECONDS); "
+                        'send "loop": "none" to stream a long video straight through',
+                        code="video_too_long",
+                    )
     except av.FFmpegError as e:
         raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
     if not frames:
