@@ -14,15 +14,16 @@ import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from wav2lip_core import metrics
+from wav2lip_core import compat, metrics
 from wav2lip_core.avatar import media_type
 from wav2lip_core.config import Settings
 from wav2lip_core.gate import Gate
 from wav2lip_core.loader import Models
 from wav2lip_core.payload import parse_avatar, parse_generate
-from wav2lip_core.registry import IDLE_FILE, Registry
+from wav2lip_core.registry import IDLE_FILE
 from wav2lip_core.schema import Result
-from wav2lip_core.web import check_body, install_hooks, log_fields, read_body
+from wav2lip_core.serve import lipsync, mp4_response, ready, register, timings
+from wav2lip_core.web import install_hooks, read_body
 
 
 def livez() -> Response:
@@ -42,52 +43,35 @@ def prometheus() -> Response:
     return Response(body, content_type=content_type)
 
 
-def _ready(body: bool = False) -> tuple[Registry, Gate, Settings]:
-    """This worker's registry, gate and settings; with a `body` to come, its headers are checked first."""
-    gate: Gate = current_app.extensions["gate"]
-    settings: Settings = current_app.extensions["settings"]
-    if body:
-        check_body(settings.max_request_bytes)
-    return current_app.extensions["models"].ready(retry_after=gate.retry_after()), gate, settings
-
-
 def generate() -> Response:
     """image / video / avatar_id + audio (JSON or multipart) → an MP4: in JSON (base64), or raw with `Accept: video/mp4`."""
-    registry, gate, settings = _ready(body=True)
+    ready(body=True)
     # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
     # only compute slot, and a malformed request must not queue behind the running ones.
-    req = parse_generate(read_body())
-    with gate.admit(), metrics.in_flight():
-        result = registry.generate(req, deadline=time.monotonic() + settings.request_timeout_s)
-    metrics.record_result(result)
-    timings = {k: round(v, 1) for k, v in result.timings_ms.items()}
-    log_fields(frames=result.frames, face_source=result.face_source, timings_ms=timings)
+    result = lipsync(parse_generate(read_body()))
     if request.accept_mimetypes.best_match(["application/json", "video/mp4"]) == "video/mp4":
-        headers = {"X-Frames": str(result.frames), "X-Face-Box": ",".join(map(str, result.face_box)), "X-End-Frame": str(result.end_frame)}
-        return Response(result.mp4, mimetype="video/mp4", headers=headers)
-    return _json_answer(result, timings)
+        return mp4_response(result)
+    return _json_answer(result)
 
 
 def register_avatar() -> tuple[Response, int]:
     """An image or a short video (JSON or multipart) → its avatar record: 201 when new, 200 when known."""
-    registry, gate, _ = _ready(body=True)
-    req = parse_avatar(read_body())
-    with gate.admit(), metrics.in_flight():
-        record, created = registry.register(req.media, req.options, req.video)
+    ready(body=True)
+    record, created = register(parse_avatar(read_body()))
     return jsonify(record), 201 if created else 200
 
 
 def list_avatars() -> Response:
-    return jsonify({"avatars": _ready()[0].store.list()})
+    return jsonify({"avatars": ready()[0].store.list()})
 
 
 def get_avatar(avatar_id: str) -> Response:
-    return jsonify(_ready()[0].store.get(avatar_id))
+    return jsonify(ready()[0].store.get(avatar_id))
 
 
 def avatar_media(avatar_id: str) -> Response:
     """The original upload, as sent (a page loops it while the avatar is idle); cacheable by id."""
-    store = _ready()[0].store
+    store = ready()[0].store
     kind = store.get(avatar_id)["kind"]
     data = store.media(avatar_id)
     resp = Response(data, mimetype=media_type(data, kind))
@@ -98,7 +82,7 @@ def avatar_media(avatar_id: str) -> Response:
 
 def avatar_idle(avatar_id: str) -> Response:
     """The idle loop (ping-pong, no sound): loop it in a <video> and cut to a clip at its current position."""
-    registry, gate, _ = _ready()
+    registry, gate, _ = ready()
     if registry.store.extra(avatar_id, IDLE_FILE) is None:
         with gate.admit():  # made once: encoding a loop is compute
             registry.idle(avatar_id)
@@ -108,19 +92,19 @@ def avatar_idle(avatar_id: str) -> Response:
 
 
 def delete_avatar(avatar_id: str) -> tuple[str, int]:
-    _ready()[0].store.delete(avatar_id)
+    ready()[0].store.delete(avatar_id)
     return "", 204
 
 
-def _json_answer(result: Result, timings: dict[str, float]) -> Response:
+def _json_answer(result: Result) -> Response:
     """The MP4 as base64 with its properties; `timings_ms` gains the base64 step."""
     t0 = time.perf_counter()
     encoded = base64.b64encode(result.mp4).decode("ascii")
-    timings = timings | {"base64": round((time.perf_counter() - t0) * 1000, 1)}
+    stages = timings(result) | {"base64": round((time.perf_counter() - t0) * 1000, 1)}
     return jsonify({
         "video": encoded, "mime_type": "video/mp4", "duration_s": round(result.duration_s, 3), "fps": result.fps,
         "frames": result.frames, "width": result.width, "height": result.height, "face_box": list(result.face_box),
-        "end_frame": result.end_frame, "timings_ms": timings, "request_id": g.request_id,
+        "end_frame": result.end_frame, "timings_ms": stages, "request_id": g.request_id,
     })  # fmt: skip
 
 
@@ -149,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/api/avatars/<avatar_id>", view_func=delete_avatar, methods=["DELETE"])
     app.add_url_rule("/api/avatars/<avatar_id>/media", view_func=avatar_media, methods=["GET"])
     app.add_url_rule("/api/avatars/<avatar_id>/idle.mp4", view_func=avatar_idle, methods=["GET"])
+    app.register_blueprint(compat.routes)  # drop-in routes of the services existing clients were written for
     return app
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import BadRequest
 from .schema import Options
+from .store import NAME
 
 _DATA_URL = re.compile(r"^data:[^,]{0,200},", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -129,9 +130,16 @@ class Body:
         return given[0]
 
     def avatar_id(self) -> str:
+        """An avatar's id, or a name: 1–128 letters, digits, '-', '_', '.' (never a path)."""
         value = self.values.get("avatar_id")
-        if not isinstance(value, str) or not value.isalnum() or len(value) > 64:
-            raise BadRequest(f"avatar_id must be an id that POST /api/avatars returned, got {json.dumps(value)[:80]}", code="invalid_field")
+        if not self.given("avatar_id"):
+            raise BadRequest("missing required field 'avatar_id'", code="missing_field")
+        if not isinstance(value, str) or not NAME.match(value):
+            raise BadRequest(
+                f"avatar_id must be an id from POST /api/avatars or a name given to POST /cache-avatar (1–128 letters, digits, "
+                f"'-', '_', '.'), got {json.dumps(value)[:80]}",
+                code="invalid_field",
+            )
         return value
 
 

@@ -91,7 +91,8 @@ class Registry:
         return data
 
     def render(self, ident: str, audio: bytes, options: Options, deadline: float | None = None) -> Result:
-        """Lip-sync a registered avatar: the stored upload decoded again, its stored boxes, no detection."""
+        """Lip-sync a registered avatar (by id or alias): the stored upload decoded again, its stored boxes, no detection."""
+        ident = self.store.resolve(ident)  # once: the record and the media are then of the same avatar
         record = self.store.get(ident)
         clock = Clock()
         boxes = [tuple(b) for b in record["face_boxes"]]

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,11 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import AvatarNotFound
+from .errors import AvatarNotFound, BadRequest
 
 log = logging.getLogger(__name__)
 
 MEDIA, META = "media", "meta.json"
+ALIASES, ALIAS_SUFFIX = "aliases", ".id"
+NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")  # what may name an avatar: its id (hex) or an alias; never "." or ".."
 
 
 class AvatarStore:
@@ -66,8 +69,8 @@ class AvatarStore:
         return True
 
     def get(self, avatar_id: str) -> dict[str, Any]:
-        """The avatar's metadata; AvatarNotFound if unknown (or evicted)."""
-        folder = self._dir(avatar_id)
+        """The avatar's metadata (by id or alias); AvatarNotFound if unknown (or evicted)."""
+        folder = self._dir(self.resolve(avatar_id))
         try:
             meta = json.loads((folder / META).read_text())
         except FileNotFoundError as e:
@@ -93,9 +96,25 @@ class AvatarStore:
         folder = self._dir(avatar_id)
         if not (folder / META).is_file():
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
-        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / name)
+        _replace(folder / name, data)
+
+    def alias(self, name: str, avatar_id: str) -> None:
+        """Let `name` stand for the registered avatar `avatar_id`; naming another avatar so later repoints it."""
+        if not NAME.match(name):
+            raise BadRequest(f"an avatar name must match {NAME.pattern}, got {name[:80]!r}", code="invalid_field")
+        if not (self._dir(avatar_id) / META).is_file():
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
+        (self.root / ALIASES).mkdir(parents=True, exist_ok=True)
+        _replace(self.root / ALIASES / f"{name}{ALIAS_SUFFIX}", avatar_id.encode())
+
+    def resolve(self, name: str) -> str:
+        """The avatar id `name` stands for: itself when registered, else what the alias `name` names, else itself."""
+        if not NAME.match(name) or (name.isalnum() and (self.root / name / META).is_file()):
+            return name
+        try:
+            return (self.root / ALIASES / f"{name}{ALIAS_SUFFIX}").read_text()
+        except FileNotFoundError:
+            return name
 
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
@@ -138,6 +157,13 @@ class AvatarStore:
                     log.info("avatar store over %d bytes: evicting %s (least recently used)", self.max_bytes, folder.name)
                     self._remove(folder)
                     total -= sizes[folder]
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write under a temporary name, then rename over `path`: readers see the old file or the new, never half; last writer wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _size(folder: Path) -> int:

@@ -25,6 +25,7 @@ from .payload import Body
 log = logging.getLogger("wav2lip.app")
 access = logging.getLogger("wav2lip.access")
 
+DROP_IN = "compat"  # the blueprint of the drop-in routes (compat.py): API routes outside /api/
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed as given; anything else is replaced
 _CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": "X-Request-ID, Retry-After, X-Frames, X-Face-Box, X-End-Frame"}
 _PREFLIGHT = {
@@ -45,6 +46,11 @@ def install_hooks(app: Flask, settings: Settings) -> None:
     app.register_error_handler(LipSyncError, typed_error)
     app.register_error_handler(HTTPException, partial(http_error, settings.max_request_bytes))
     app.register_error_handler(Exception, unexpected_error)
+
+
+def is_api() -> bool:
+    """Behind the API key and counted in the metrics: /api/ and the drop-in routes; not probes, metrics or unknown paths."""
+    return request.path.startswith("/api/") or request.blueprint == DROP_IN
 
 
 def log_fields(**fields: object) -> None:
@@ -83,8 +89,8 @@ def assign_request_id() -> None:
 
 
 def require_api_key(api_key: str) -> None:
-    """With an API key configured, /api/ wants `Authorization: Bearer <key>`; probes, metrics and preflights stay open."""
-    if not api_key or request.method == "OPTIONS" or not request.path.startswith("/api/"):
+    """With an API key configured, API routes want `Authorization: Bearer <key>`; probes, metrics and preflights stay open."""
+    if not api_key or request.method == "OPTIONS" or not is_api():
         return
     sent = request.headers.get("Authorization", "")
     if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
@@ -107,9 +113,9 @@ def allow_origin(origins: tuple[str, ...], resp: Response) -> Response:
 
 
 def log_access(resp: Response) -> Response:
-    """Count /api/ responses in the metrics; log one structured line per request."""
+    """Count API responses in the metrics; log one structured line per request."""
     seconds = time.perf_counter() - g.get("t0", time.perf_counter())
-    if request.path.startswith("/api/"):
+    if is_api():
         metrics.observe(resp.status_code, seconds)
     fields = {"request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": resp.status_code,
               "bytes_in": request.content_length or 0, "bytes_out": resp.calculate_content_length() or 0,
