@@ -82,7 +82,9 @@ class Settings:
     max_queue: int = setting(2, "MAX_QUEUE", "requests waiting per worker; beyond that `503` + `Retry-After` at once", 0, 1024)
     queue_timeout_s: float = setting(30.0, "QUEUE_TIMEOUT_S", "longest wait in the queue before `503`, seconds", 0.0, 3600.0)
     request_timeout_s: float = setting(300.0, "REQUEST_TIMEOUT_S", "per-request deadline → `504`, work stopped; seconds", 1.0, 3600.0)
-    api_key: str = setting("", "API_KEY", "if set, `/api/*` needs `Authorization: Bearer <key>` (constant-time compare)")
+    api_key: str = setting(
+        "", "API_KEY", "if set, `/api/*` and the drop-in routes need `Authorization: Bearer <key>` (constant-time compare)"
+    )
     cors_origins: tuple[str, ...] = setting((), "CORS_ORIGINS", "allowed browser origins, or `*`")
     x264_preset: str = setting(
         "veryfast",

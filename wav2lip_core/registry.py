@@ -51,7 +51,11 @@ class Registry:
         self.store = store
 
     def register(self, media: bytes, options: Options, video: bool | None = None) -> tuple[dict[str, Any], bool]:
-        """Prepare and store; (record, True) when new, (the existing record, False) when already there."""
+        """Prepare and store; (record, True) when new, (the existing record, False) when already there.
+
+        Only the options that shape the boxes count (pads, box; fps for an image): a registered video is
+        looped from memory, so it is held to MAX_AVATAR_SECONDS whatever `loop` the request named."""
+        options = Options(fps=options.fps, pads=options.pads, box=options.box)
         ident = avatar_id(media, options)
         try:
             return self.store.get(ident), False

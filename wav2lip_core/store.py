@@ -119,12 +119,16 @@ class AvatarStore:
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
         metas = []
-        for meta in sorted(self.root.glob(f"*/{META}"), key=_mtime, reverse=True):
+        for meta in sorted(self._metas(), key=_mtime, reverse=True):
             try:
                 metas.append(json.loads(meta.read_text()))
             except FileNotFoundError:  # deleted or evicted while we listed
                 continue
         return metas
+
+    def _metas(self) -> list[Path]:
+        """Every registered avatar's meta.json; registrations still being written (".new-*") are not avatars yet."""
+        return [p for p in self.root.glob(f"*/{META}") if not p.parent.name.startswith(".")]
 
     def delete(self, avatar_id: str) -> None:
         folder = self._dir(avatar_id)
@@ -147,7 +151,7 @@ class AvatarStore:
 
     def _evict(self, keep: str) -> None:
         with self._lock:
-            folders = sorted((p.parent for p in self.root.glob(f"*/{META}")), key=lambda f: _mtime(f / META))
+            folders = sorted((p.parent for p in self._metas()), key=lambda f: _mtime(f / META))
             sizes = {f: _size(f) for f in folders}
             total = sum(sizes.values())
             for folder in folders:
