@@ -91,5 +91,7 @@ def head_s3fd(ir_dir: Path):
 def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     """Default configuration (1 worker) with a small queue so overload is reachable in tests."""
     log = tmp_path_factory.mktemp("logs") / "gunicorn.log"
-    with Gunicorn(ir_blazeface, log, env={"CORS_ORIGINS": "http://localhost:8123,null"}, ready_timeout_s=120) as s:
+    avatars = tmp_path_factory.mktemp("avatars")  # registered avatars: not the checkout's avatars/
+    env = {"CORS_ORIGINS": "http://localhost:8123,null", "AVATAR_DIR": str(avatars)}
+    with Gunicorn(ir_blazeface, log, env=env, ready_timeout_s=120) as s:
         yield s

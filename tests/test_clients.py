@@ -1,5 +1,6 @@
-"""The shipped clients against the real server: the Node CLI (an MP4, an error JSON, 503 + Retry-After)
-and the browser page in headless Chromium (fetch → base64 → Blob → a <video> that really plays).
+"""The shipped clients against the real server: the Node CLI (an MP4, an error JSON, 503 + Retry-After,
+avatars registered once and used by id, multipart bodies) and the browser page in headless Chromium
+(a registered video avatar that idles, cuts to a lip-synced clip at the idle loop's position and back).
 
 node and chromium are required, not optional: when either is missing these tests fail (CI installs both).
 """
@@ -10,29 +11,30 @@ import base64
 import functools
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
 import av
 import pytest
+from cdp import Chromium
+from helpers import decode_mp4, idle_clip, speech_s, wav
 
 from harness import ROOT
 from harness.gunicorn import Gunicorn
 
 NODE_CLI = ROOT / "clients" / "node" / "lipsync.mjs"
 PAGE_PORT = 8123  # the server fixture's CORS_ORIGINS allows http://localhost:8123
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES), a loop of 38 positions
 SPEECH_S = 6.4  # test_assets/speech.wav: 102400 samples at 16 kHz → 160 frames at 25 fps
 
 
@@ -123,15 +125,21 @@ def _busy(retry_after: int) -> tuple[int, dict[str, str], bytes]:
     return 503, {"Retry-After": str(retry_after), "X-Request-ID": "stub-busy"}, body
 
 
+CANNED_MP4 = b"\x00\x00\x00\x18ftypisom canned bytes"
+
+
+def _canned() -> tuple[int, dict[str, str], bytes]:
+    meta = {"mime_type": "video/mp4", "duration_s": 0.04, "fps": 30, "frames": 1, "width": 2, "height": 2, "end_frame": 0}
+    return 200, {}, json.dumps({"video": base64.b64encode(CANNED_MP4).decode(), **meta, "request_id": "stub-ok"}).encode()
+
+
 def test_node_cli_waits_retry_after_then_retries(node: str, stub: Stub, assets: Path, tmp_path: Path) -> None:
-    mp4 = b"\x00\x00\x00\x18ftypisom canned bytes"
-    meta = {"mime_type": "video/mp4", "duration_s": 0.04, "fps": 30, "frames": 1, "width": 2, "height": 2, "request_id": "stub-ok"}
-    stub.responses = [_busy(1), (200, {}, json.dumps({"video": base64.b64encode(mp4).decode(), **meta}).encode())]
+    stub.responses = [_busy(1), _canned()]
     out = tmp_path / "out.mp4"
     args = ["--image", assets / "astronaut.jpg", "--audio", assets / "speech.wav", "--out", out]
     proc = run_cli(node, "--url", stub.url, *args, "--fps", "30", "--box", "10", "20", "110", "120", "--api-key", "K")
     assert proc.returncode == 0, proc.stderr
-    assert out.read_bytes() == mp4
+    assert out.read_bytes() == CANNED_MP4
     assert "retry 1/3 in 1 s" in proc.stderr
     (t0, _, first), (t1, headers, second) = stub.requests
     assert t1 - t0 >= 1.0
@@ -151,22 +159,58 @@ def test_node_cli_retries_are_bounded(node: str, stub: Stub, assets: Path, tmp_p
     assert proc.stderr.strip().endswith("error busy (HTTP 503): server busy [request_id stub-busy]"), proc.stderr
 
 
+def form_parts(content_type: str, body: bytes) -> dict[str, bytes]:
+    """The parts of a multipart/form-data body by name (the stdlib's MIME parser reads the format)."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in message.iter_parts()}
+
+
+def test_node_cli_multipart_sends_files_and_options_as_form_fields(node: str, stub: Stub, tmp_path: Path) -> None:
+    stub.responses = [_canned()]
+    (video := tmp_path / "clip.mp4").write_bytes(b"video bytes")
+    (audio := tmp_path / "speech.wav").write_bytes(b"audio bytes")
+    args = ["--video", video, "--audio", audio, "--out", tmp_path / "out.mp4", "--start-frame", "7", "--loop", "repeat"]
+    proc = run_cli(node, "--url", stub.url, *args, "--pads", "0", "10", "0", "0", "--fps", "30", "--multipart")
+    assert proc.returncode == 0, proc.stderr
+    [(_, headers, body)] = stub.requests
+    content_type = next(v for k, v in headers.items() if k.lower() == "content-type")  # fetch writes it lowercase
+    assert content_type.startswith("multipart/form-data; boundary=")
+    assert form_parts(content_type, body) == {
+        "video": b"video bytes", "audio": b"audio bytes", "start_frame": b"7", "loop": b"repeat", "pads": b"0,10,0,0", "fps": b"30",
+    }  # fmt: skip
+
+
+def test_node_cli_registers_an_avatar_once_then_generates_by_id(node: str, server: Gunicorn, tmp_path: Path) -> None:
+    frames = CLIP_FRAMES - 4  # not the browser test's clip: this one must be new to the server
+    (clip := tmp_path / "idle.mp4").write_bytes(idle_clip(320, 240, frames=frames)[0])
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(1.0)))  # 25 frames at 25 fps
+    first = run_cli(node, "--url", server.url, "--register", "--video", clip, "--multipart")
+    assert first.returncode == 0, first.stderr
+    record = json.loads(first.stdout)
+    assert record["created"] and (record["kind"], record["frames"], record["width"], record["height"]) == ("video", frames, 320, 240)
+    again = run_cli(node, "--url", server.url, "--register", "--video", clip)  # base64 JSON: the same bytes, the same avatar
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == record | {"created": False}
+
+    out, start, period = tmp_path / "out.mp4", 27, 2 * frames - 2
+    by_id = ["--avatar-id", record["avatar_id"], "--audio", speech, "--start-frame", start, "--multipart"]
+    proc = run_cli(node, "--url", server.url, *by_id, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "25 frames 320x240 @ 25 fps" in proc.stdout and f"end frame {(start + 25) % period}," in proc.stdout, proc.stdout
+    mp4 = decode_mp4(out.read_bytes())
+    assert (mp4.video_codec, mp4.audio_codec, mp4.width, mp4.height, len(mp4.frames)) == ("h264", "aac", 320, 240, 25)
+
+
 @pytest.fixture
-def page_origin() -> Iterator[tuple[str, queue.Queue[str]]]:
-    """http://localhost:8123 serving the browser page and test_assets; POST /report puts the page's result in the queue."""
-    reports: queue.Queue[str] = queue.Queue()
+def page_origin() -> Iterator[str]:
+    """http://localhost:8123 (the server fixture's CORS origin) serving clients/browser/."""
 
     class Handler(SimpleHTTPRequestHandler):
         def do_GET(self) -> None:
-            if not self.path.startswith(("/clients/browser/", "/test_assets/")):
+            if not self.path.startswith("/clients/browser/"):
                 self.send_error(404)
                 return
             super().do_GET()
-
-        def do_POST(self) -> None:
-            reports.put(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())
-            self.send_response(204)
-            self.end_headers()
 
         def log_message(self, *args: object) -> None:
             pass
@@ -176,32 +220,76 @@ def page_origin() -> Iterator[tuple[str, queue.Queue[str]]]:
     except OSError as e:
         pytest.fail(f"port {PAGE_PORT} is taken ({e}); the page must be served from http://localhost:{PAGE_PORT}, the CORS origin")
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://localhost:{PAGE_PORT}", reports
+    yield f"http://localhost:{PAGE_PORT}"
     httpd.shutdown()
     httpd.server_close()
 
 
-def test_browser_page_plays_the_generated_video(
-    chromium: str, server: Gunicorn, page_origin: tuple[str, queue.Queue[str]], tmp_path: Path
-) -> None:
-    origin, reports = page_origin
-    page = f"{origin}/clients/browser/index.html?server={quote(server.url)}&report=/report"
-    log = (tmp_path / "chromium.log").open("w")
-    proc = subprocess.Popen(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page], stdout=log, stderr=log, start_new_session=True
-    )
-    try:
-        report = json.loads(reports.get(timeout=45))
-    except queue.Empty:
-        pytest.fail(f"the page reported nothing in 45 s; chromium log:\n{(tmp_path / 'chromium.log').read_text()[-2000:]}")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # chromium's renderer and GPU processes share its process group
-        proc.wait(timeout=10)
-        log.close()
-    assert report["ok"], report
-    assert report["http_status"] == 200 and report["request_id"] == report["server"]["request_id"]  # X-Request-ID exposed by CORS
-    assert report["loadedmetadata"] and report["ready_state"] >= 2  # HAVE_CURRENT_DATA
-    assert abs(report["duration"] - SPEECH_S) <= 0.1
-    assert (report["video_width"], report["video_height"]) == (512, 512)
-    assert report["frames_presented"] >= 10 and report["max_media_time"] >= 1.0 and report["current_time"] >= 1.0
-    assert report["media_error"] is None
+def loop_distance(a: float, b: float, period: int) -> float:
+    """a - b on a loop of `period` positions, in [-period/2, period/2)."""
+    return (a - b + period / 2) % period - period / 2
+
+
+def idle_advances(browser: Chromium, period: int, fps: float, wait_s: float = 0.4) -> None:
+    """The idle video plays: its loop position moves on as fast as the wall clock."""
+    sample = "[performance.now() / 1000, document.getElementById('idle').currentTime, document.getElementById('idle').paused]"
+    t0, p0, paused0 = browser.evaluate(sample)
+    time.sleep(wait_s)
+    t1, p1, paused1 = browser.evaluate(sample)
+    moved = (p1 - p0) * fps % period
+    assert not (paused0 or paused1) and abs(moved - (t1 - t0) * fps) <= 2, (p0, p1, t1 - t0)
+
+
+def speak_and_check(browser: Chromium, speech: Path, period: int) -> list[dict]:
+    """Choose `speech` in the page's audio input, wait until it is idle again; assert the cut, the clip and the resume.
+    Returns the page's events of this speech."""
+    before = len(browser.evaluate("lipsyncState.events"))
+    browser.set_files("#audio-file", speech)
+    browser.wait_for(f"lipsyncState.events.slice({before}).some(e => e.event === 'resume' || e.event === 'error')", timeout_s=30)
+    state = browser.evaluate("lipsyncState")
+    assert state["phase"] == "idle", state["events"][before:]
+    cut, clip, resume, fps = state["lastCut"], state["lastClip"], state["lastResume"], state["avatar"]["fps"]
+    start = state["lastRequest"]["startFrame"]
+    # the cut: at the swap the idle loop's position (from its currentTime) is the clip's start_frame, and
+    # the last idle frame handed to the screen (requestVideoFrameCallback) the one before it (or that one)
+    assert cut["clipStart"] == clip["start"] == start
+    assert abs(loop_distance(cut["idleTime"] * fps, start, period)) <= 1, cut
+    assert 0 <= loop_distance(start, round(cut["idleFrameOnScreen"]), period) <= 1, cut
+    # the clip: 1 s of speech played to its last frame, with sound, no error; end_frame is the loop's
+    assert clip["frames"] == 25 and clip["endFrame"] == (start + clip["frames"]) % period, clip
+    assert re.fullmatch(r"[0-9a-f]{32}", clip["requestId"]), clip  # X-Request-ID, X-Frames, X-End-Frame: exposed by CORS
+    assert clip["error"] is None and not clip["muted"] and clip["audioBytes"] > 0, clip
+    assert clip["currentTime"] >= (clip["frames"] - 0.5) / fps and round(resume["clipFrameOnScreen"]) == clip["frames"] - 1, (clip, resume)
+    # the resume: the idle loop again, at end_frame, and moving on
+    assert abs(loop_distance(resume["idleTime"] * fps, clip["endFrame"], period)) <= 1, resume
+    assert round(resume["idleFrameOnScreen"]) == clip["endFrame"], resume
+    idle_advances(browser, period, fps)
+    request = state["lastRequest"]
+    print(f"cut at {cut['position']:.3f} for start_frame {start}: {cut['errorFrames']:+.3f} frames", end="; ")
+    print(f"clip ready in {request['readyMs']} ms, estimated {request['estimateMs']} ms")
+    return state["events"][before:]
+
+
+def test_browser_avatar_cuts_in_and_out_of_its_idle_loop(chromium: str, server: Gunicorn, page_origin: str, tmp_path: Path) -> None:
+    clip_mp4, speech = tmp_path / "idle.mp4", tmp_path / "speech.wav"
+    clip_mp4.write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES)[0])
+    speech.write_bytes(wav(speech_s(1.0)))  # 25 frames at 25 fps
+    period = 2 * CLIP_FRAMES - 2  # pingpong
+    with Chromium(chromium, tmp_path) as browser:
+        browser.navigate(f"{page_origin}/clients/browser/index.html?server={quote(server.url)}")
+        browser.wait_for("window.lipsyncState?.phase === 'starting' && document.readyState === 'complete'", timeout_s=20)
+        browser.set_files("#avatar-file", clip_mp4)  # registered through the page's file input
+        phase = browser.wait_for("['idle', 'error'].includes(lipsyncState.phase) && lipsyncState.phase", timeout_s=60)
+        assert phase == "idle", browser.evaluate("lipsyncState.events")
+        avatar = browser.evaluate("lipsyncState.avatar")
+        assert (avatar["kind"], avatar["frames"], avatar["width"], avatar["height"]) == ("video", CLIP_FRAMES, 320, 240), avatar
+        idle_advances(browser, period, avatar["fps"])
+
+        speak_and_check(browser, speech, period)  # the first guess of the generation time
+        browser.evaluate("lipsyncState.estimateMs = 0")  # the clip is then late: the page waits for the next turn (or asks again)
+        assert any(e["event"] == "late" for e in speak_and_check(browser, speech, period))
+
+        browser.send("Page.reload")  # the page put ?avatar=<id> in its URL: it idles without registering again
+        same_avatar = f"window.lipsyncState?.avatar?.avatar_id === {json.dumps(avatar['avatar_id'])}"
+        browser.wait_for(f"{same_avatar} && lipsyncState.phase === 'idle'", timeout_s=20)
+        assert not any(e["event"] == "registered" for e in browser.evaluate("lipsyncState.events"))

@@ -1,10 +1,14 @@
 #!/usr/bin/env node
-// Client for the Wav2Lip server's `POST /api/generate`: Node >= 18 built-in fetch, no dependencies.
+// Client for the Wav2Lip server's `POST /api/generate` and `POST /api/avatars`: Node >= 18 built-in
+// fetch, FormData and Blob, no dependencies.
 //
-//   import { generate } from "./lipsync.mjs";
+//   import { generate, registerAvatar } from "./lipsync.mjs";
 //   const { mp4, meta } = await generate({ url: "http://127.0.0.1:8000", image, audio });
+//   const { avatar_id } = await registerAvatar({ url, video, multipart: true });
+//   const next = await generate({ url, avatarId: avatar_id, audio, startFrame: meta.end_frame });
 //
 //   node lipsync.mjs --url http://127.0.0.1:8000 --image face.jpg --audio speech.wav --out out.mp4
+//   node lipsync.mjs --url http://127.0.0.1:8000 --register --video idle.mp4
 
 import { readFile, writeFile } from "node:fs/promises";
 import { realpathSync } from "node:fs";
@@ -71,66 +75,68 @@ async function errorFrom(resp) {
   });
 }
 
+// The request options: the name here → the server's field, the same in JSON and multipart bodies.
+const OPTION_FIELDS = { fps: "fps", box: "box", pads: "pads", paste: "paste", loop: "loop", startFrame: "start_frame" };
+
+function endpoint(url, path) {
+  return new URL(path, String(url).replace(/\/*$/, "/")).href; // keeps a path prefix (a proxy's /lipsync/)
+}
+
+/** The one avatar of a request among `given` (name → value); a TypeError unless exactly one is set. */
+function oneOf(fn, given) {
+  const set = Object.entries(given).filter(([, v]) => v != null);
+  if (set.length !== 1) throw new TypeError(`${fn}: give exactly one of ${Object.keys(given).join(", ")}`);
+  const [name, value] = set[0];
+  if (name !== "avatarId" && (!Buffer.isBuffer(value) || value.length === 0)) throw new TypeError(`${fn}: ${name} must be a non-empty Buffer`);
+  if (name === "avatarId" && (typeof value !== "string" || value === "")) throw new TypeError(`${fn}: avatarId must be a non-empty string`);
+  return [name, value];
+}
+
 /**
- * POST image + audio (Buffers) to `${url}/api/generate`; resolves to `{mp4: Buffer, meta}`.
- * A 503 (busy, not_ready) is retried up to `retries` times after its Retry-After; any other error
- * throws LipSyncError.
- * `onRetry(error, attempt, waitS)` is called before each wait.
+ * A request body: `files` (field → Buffer) as base64 JSON, or as file parts of multipart/form-data;
+ * `fields` (field → value, null skipped) as JSON values or form text (lists as "a,b,c,d").
  */
-export async function generate({
-  url,
-  image,
-  audio,
-  fps,
-  box,
-  pads,
-  paste,
-  apiKey,
-  retries = DEFAULT_RETRIES,
-  signal,
-  requestId,
-  onRetry,
-} = {}) {
-  if (!url) throw new TypeError("generate: url is required");
-  if (!Buffer.isBuffer(image) || image.length === 0) throw new TypeError("generate: image must be a non-empty Buffer");
-  if (!Buffer.isBuffer(audio) || audio.length === 0) throw new TypeError("generate: audio must be a non-empty Buffer");
-  const body = JSON.stringify({
-    image: image.toString("base64"),
-    audio: audio.toString("base64"),
-    ...(fps != null && { fps }),
-    ...(box != null && { box }),
-    ...(pads != null && { pads }),
-    ...(paste != null && { paste }),
-  });
-  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+function makeBody(files, fields, multipart) {
+  const given = Object.entries(fields).filter(([, v]) => v != null);
+  if (!multipart) {
+    const json = Object.fromEntries([...Object.entries(files).map(([k, buf]) => [k, buf.toString("base64")]), ...given]);
+    return { body: JSON.stringify(json), headers: { "Content-Type": "application/json" } };
+  }
+  const form = new FormData(); // fetch sets Content-Type with the boundary; a FormData can be sent again on a retry
+  for (const [k, buf] of Object.entries(files)) form.append(k, new Blob([buf]), k);
+  for (const [k, v] of given) form.append(k, Array.isArray(v) ? v.join(",") : String(v));
+  return { body: form, headers: {} };
+}
+
+/** How to call (not what to ask): the settings `post` takes. */
+function callOptions({ apiKey, requestId, retries, signal, onRetry }) {
+  return { apiKey, requestId, retries, signal, onRetry };
+}
+
+/** The request options of `opts` under the server's field names. */
+function optionFields(opts) {
+  return Object.fromEntries(Object.entries(OPTION_FIELDS).map(([ours, theirs]) => [theirs, opts[ours]]));
+}
+
+/**
+ * POST `body` to `url`; resolves to the first 2xx response. A 503 (busy, not_ready) is retried up to
+ * `retries` times after its Retry-After (`onRetry(error, attempt, waitS)` before each wait); any
+ * other error throws LipSyncError.
+ */
+async function post(url, { body, headers, apiKey, requestId, retries = DEFAULT_RETRIES, signal, onRetry }) {
+  headers = { Accept: "application/json", ...headers };
   if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
   if (requestId) headers["X-Request-ID"] = requestId;
-  const endpoint = new URL("api/generate", String(url).replace(/\/*$/, "/")).href; // keeps a path prefix (a proxy's /lipsync/)
-
   for (let attempt = 0; ; attempt++) {
     let resp;
     try {
-      resp = await fetch(endpoint, { method: "POST", headers, body, signal });
+      resp = await fetch(url, { method: "POST", headers, body, signal });
     } catch (e) {
       if (signal?.aborted) throw e;
       const why = e.cause?.code ?? e.cause?.message ?? e.message;
-      throw new LipSyncError(`could not reach ${endpoint}: ${why}`, { code: "network_error", cause: e });
+      throw new LipSyncError(`could not reach ${url}: ${why}`, { code: "network_error", cause: e });
     }
-    if (resp.ok) {
-      const rid = resp.headers.get("x-request-id");
-      let meta;
-      try {
-        meta = await resp.json();
-      } catch (e) {
-        throw new LipSyncError(`response is not JSON: ${e.message}`, { status: resp.status, code: "bad_response", requestId: rid, cause: e });
-      }
-      if (typeof meta?.video !== "string") {
-        throw new LipSyncError("response JSON has no 'video' string", { status: resp.status, code: "bad_response", requestId: rid });
-      }
-      const mp4 = Buffer.from(meta.video, "base64");
-      delete meta.video;
-      return { mp4, meta };
-    }
+    if (resp.ok) return resp;
     const err = await errorFrom(resp);
     if (resp.status !== 503 || FINAL_503_CODES.has(err.code) || attempt >= retries) throw err;
     const waitS = Math.min(err.retryAfter ?? 1, MAX_RETRY_WAIT_S);
@@ -139,32 +145,99 @@ export async function generate({
   }
 }
 
-const USAGE = `usage: node lipsync.mjs --url URL --image FACE --audio SPEECH --out OUT.mp4
+/** The JSON object of a 2xx response, which must have `key` of type `type`; else a LipSyncError "bad_response". */
+async function answer(resp, key, type) {
+  const fail = (message, cause) =>
+    new LipSyncError(message, { status: resp.status, code: "bad_response", requestId: resp.headers.get("x-request-id"), cause });
+  let obj;
+  try {
+    obj = await resp.json();
+  } catch (e) {
+    throw fail(`response is not JSON: ${e.message}`, e);
+  }
+  if (typeof obj?.[key] !== type) throw fail(`response JSON has no '${key}' ${type}`);
+  return obj;
+}
+
+/**
+ * POST an avatar (`image` or `video`, a Buffer) to `${url}/api/avatars`; resolves to its record
+ * `{avatar_id, kind, width, height, frames, fps, duration_s, face_boxes, face_source, created_at}`
+ * plus `created`: true when the server registered it now (201), false when it knew it (200).
+ * `pads`, `box` and (for an image) `fps` shape the avatar; `multipart` uploads a file instead of base64 JSON.
+ */
+export async function registerAvatar({ url, image, video, pads, box, fps, multipart = false, ...call } = {}) {
+  if (!url) throw new TypeError("registerAvatar: url is required");
+  const [name, media] = oneOf("registerAvatar", { image, video });
+  const resp = await post(endpoint(url, "api/avatars"), { ...callOptions(call), ...makeBody({ [name]: media }, { pads, box, fps }, multipart) });
+  return { ...(await answer(resp, "avatar_id", "string")), created: resp.status === 201 };
+}
+
+/**
+ * POST `audio` and one avatar (`image` or `video` Buffer, or a registered `avatarId`) to
+ * `${url}/api/generate`; resolves to `{mp4: Buffer, meta}` (meta: the JSON answer without the video,
+ * with `end_frame`, the loop position to resume at). Options: fps, box, pads, paste, loop, startFrame;
+ * `multipart` uploads files instead of base64 JSON. 503s are retried as `registerAvatar` does.
+ */
+export async function generate({ url, image, video, avatarId, audio, multipart = false, ...rest } = {}) {
+  if (!url) throw new TypeError("generate: url is required");
+  const [name, avatar] = oneOf("generate", { image, video, avatarId });
+  if (!Buffer.isBuffer(audio) || audio.length === 0) throw new TypeError("generate: audio must be a non-empty Buffer");
+  const files = name === "avatarId" ? { audio } : { [name]: avatar, audio };
+  const fields = { ...(name === "avatarId" && { avatar_id: avatar }), ...optionFields(rest) };
+  const resp = await post(endpoint(url, "api/generate"), { ...callOptions(rest), ...makeBody(files, fields, multipart) });
+  const meta = await answer(resp, "video", "string");
+  const mp4 = Buffer.from(meta.video, "base64");
+  delete meta.video;
+  return { mp4, meta };
+}
+
+const USAGE = `usage: node lipsync.mjs --url URL (--image FACE | --video CLIP | --avatar-id ID) --audio SPEECH --out OUT.mp4
                         [--fps N] [--box X1 Y1 X2 Y2] [--pads T B L R] [--paste box|feather]
-                        [--api-key KEY] [--retries N]
-  --api-key defaults to $LIPSYNC_API_KEY`;
+                        [--loop pingpong|repeat|none] [--start-frame K] [--multipart] [--api-key KEY] [--retries N]
+       node lipsync.mjs --url URL --register (--image FACE | --video CLIP) [--fps N] [--box …] [--pads …] [--multipart] …
+  --register prints the avatar's record as JSON; --api-key defaults to $LIPSYNC_API_KEY`;
 
 class UsageError extends Error {}
+
+const VALUE_ARGS = {
+  "--url": "url", "--image": "image", "--video": "video", "--avatar-id": "avatarId", "--audio": "audio", "--out": "out",
+  "--api-key": "apiKey", "--paste": "paste", "--loop": "loop",
+};
+const NUMBER_ARGS = { "--fps": ["fps", false], "--retries": ["retries", true], "--start-frame": ["startFrame", true] }; // → [option, whole number]
+const FLAG_ARGS = { "--register": "register", "--multipart": "multipart", "-h": "help", "--help": "help" };
+
+const flagOf = (name) => Object.keys(VALUE_ARGS).find((flag) => VALUE_ARGS[flag] === name);
+
+/** Usage errors of a parsed command line: exactly one avatar, and the files each mode needs (or refuses). */
+function checkModes(opts) {
+  const avatars = opts.register ? ["image", "video"] : ["image", "video", "avatarId"];
+  if (avatars.filter((k) => opts[k]).length !== 1) throw new UsageError(`give exactly one of ${avatars.map(flagOf).join(", ")}`);
+  const extra = opts.register ? ["avatarId", "audio", "out"].filter((k) => opts[k]) : [];
+  if (extra.length) throw new UsageError(`--register takes no ${extra.map(flagOf).join(", ")}`);
+  for (const name of opts.register ? ["url"] : ["url", "audio", "out"]) {
+    if (!opts[name]) throw new UsageError(`${flagOf(name)} is required`);
+  }
+}
 
 /** argv (without node and the script) → options; --box and --pads take 4 integers (or "a,b,c,d"). */
 export function parseArgs(argv) {
   const opts = { retries: DEFAULT_RETRIES, apiKey: process.env.LIPSYNC_API_KEY };
-  const single = { "--url": "url", "--image": "image", "--audio": "audio", "--out": "out", "--api-key": "apiKey", "--paste": "paste" };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
       if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
       return argv[++i];
     };
-    if (arg === "-h" || arg === "--help") opts.help = true;
-    else if (arg in single) opts[single[arg]] = value();
-    else if (arg === "--fps" || arg === "--retries") {
+    if (arg in FLAG_ARGS) opts[FLAG_ARGS[arg]] = true;
+    else if (arg in VALUE_ARGS) opts[VALUE_ARGS[arg]] = value();
+    else if (arg in NUMBER_ARGS) {
+      const [name, whole] = NUMBER_ARGS[arg];
       const raw = value();
       const n = Number(raw);
-      if (!Number.isFinite(n) || n < 0 || (arg === "--retries" && !Number.isInteger(n))) {
-        throw new UsageError(`${arg} must be a ${arg === "--retries" ? "whole " : ""}number >= 0, got ${JSON.stringify(raw)}`);
+      if (raw.trim() === "" || !Number.isFinite(n) || n < 0 || (whole && !Number.isInteger(n))) {
+        throw new UsageError(`${arg} must be a ${whole ? "whole " : ""}number >= 0, got ${JSON.stringify(raw)}`);
       }
-      opts[arg.slice(2)] = n;
+      opts[name] = n;
     } else if (arg === "--box" || arg === "--pads") {
       const first = value();
       const parts = first.includes(",") ? first.split(",") : [first, ...argv.slice(i + 1, i + 4)];
@@ -174,11 +247,31 @@ export function parseArgs(argv) {
       opts[arg.slice(2)] = ints;
     } else throw new UsageError(`unknown argument ${JSON.stringify(arg)}`);
   }
-  if (opts.help) return opts;
-  for (const name of ["url", "image", "audio", "out"]) {
-    if (!opts[name]) throw new UsageError(`--${name} is required`);
-  }
+  if (!opts.help) checkModes(opts);
   return opts;
+}
+
+const onRetry = (retries) => (err, attempt, waitS) => console.error(`server answered 503 ${err.code}; retry ${attempt}/${retries} in ${waitS} s`);
+
+/** --register: the avatar's record (with `created`) as JSON on stdout. */
+async function registerCommand(opts) {
+  const kind = opts.image ? "image" : "video";
+  const record = await registerAvatar({ ...opts, [kind]: await readFile(opts[kind]), onRetry: onRetry(opts.retries) });
+  console.log(JSON.stringify(record));
+}
+
+/** Lip-sync: the MP4 to --out and one line about it. */
+async function generateCommand(opts) {
+  const t0 = performance.now();
+  const kind = ["image", "video"].find((k) => opts[k]);
+  const [avatar, audio] = await Promise.all([kind && readFile(opts[kind]), readFile(opts.audio)]);
+  const { mp4, meta } = await generate({ ...opts, ...(kind && { [kind]: avatar }), audio, onRetry: onRetry(opts.retries) });
+  await writeFile(opts.out, mp4);
+  const s = ((performance.now() - t0) / 1000).toFixed(1);
+  console.log(
+    `wrote ${opts.out}: ${meta.frames} frames ${meta.width}x${meta.height} @ ${meta.fps} fps, ` +
+      `${meta.duration_s} s, end frame ${meta.end_frame}, ${mp4.length} bytes in ${s} s (request_id ${meta.request_id})`,
+  );
 }
 
 async function main(argv) {
@@ -194,22 +287,8 @@ async function main(argv) {
     console.log(USAGE);
     return 0;
   }
-  const t0 = performance.now();
   try {
-    const [image, audio] = await Promise.all([readFile(opts.image), readFile(opts.audio)]);
-    const { mp4, meta } = await generate({
-      ...opts,
-      image,
-      audio,
-      onRetry: (err, attempt, waitS) =>
-        console.error(`server answered 503 ${err.code}; retry ${attempt}/${opts.retries} in ${waitS} s`),
-    });
-    await writeFile(opts.out, mp4);
-    const s = ((performance.now() - t0) / 1000).toFixed(1);
-    console.log(
-      `wrote ${opts.out}: ${meta.frames} frames ${meta.width}x${meta.height} @ ${meta.fps} fps, ` +
-        `${meta.duration_s} s, ${mp4.length} bytes in ${s} s (request_id ${meta.request_id})`,
-    );
+    await (opts.register ? registerCommand : generateCommand)(opts);
     return 0;
   } catch (e) {
     if (e instanceof LipSyncError) {
