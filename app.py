@@ -70,7 +70,7 @@ def get_avatar(avatar_id: str) -> Response:
 
 
 def avatar_media(avatar_id: str) -> Response:
-    """The original upload, as sent (a page loops it while the avatar is idle); cacheable by id."""
+    """The original upload, as sent; cacheable by id (a page loops `idle.mp4`, which starts every loop at position 0)."""
     store = ready()[0].store
     kind = store.get(avatar_id)["kind"]
     data = store.media(avatar_id)
@@ -88,6 +88,7 @@ def avatar_idle(avatar_id: str) -> Response:
             registry.idle(avatar_id)
     resp = Response(registry.idle(avatar_id), mimetype="video/mp4")
     resp.set_etag(f"{avatar_id}-idle")
+    resp.cache_control.max_age = 86400  # an id names one content: its loop never changes
     return resp.make_conditional(request)
 
 
