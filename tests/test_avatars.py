@@ -22,7 +22,22 @@ CLIP_FRAMES = 20
 @pytest.fixture(scope="module")
 def client(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory):
     store = tmp_path_factory.mktemp("avatars")
-    return loaded_app(make_settings(ir_blazeface, batch_size=4, avatar_dir=store, max_avatar_seconds=2.0)).test_client()
+    settings = make_settings(ir_blazeface, batch_size=4, avatar_dir=store, max_avatar_seconds=2.0, max_image_pixels=320 * 240)
+    return loaded_app(settings).test_client()
+
+
+def empty_video() -> bytes:
+    """A Matroska file with a video track and not one frame: a one-frame file cut before its first cluster."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as c:
+        stream = c.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        c.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")))
+        c.mux(stream.encode(None))
+    data = buf.getvalue()
+    return data[: data.index(b"\x1f\x43\xb6\x75")]  # the Cluster element id: frames start there
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +149,27 @@ def test_list_get_delete(client) -> None:
         (lambda c, a: {"audio": b64(a)}, 400, "missing_field"),
         (lambda c, a: {"video": b64(b"\x00\x00\x00\x18ftypmp42" + b"x" * 200), "audio": b64(a)}, 415, "bad_video"),
         (lambda c, a: {"video": b64(idle_clip(64, 64, frames=60)[0]), "audio": b64(a)}, 422, "video_too_long"),
+        (lambda c, a: {"video": b64(idle_clip(400, 300, frames=3)[0]), "audio": b64(a)}, 422, "image_too_large"),
+        (lambda c, a: {"video": b64(idle_clip(400, 300, frames=3)[0]), "audio": b64(a), "loop": "none"}, 422, "image_too_large"),
+        (lambda c, a: {"video": b64(empty_video()), "audio": b64(a)}, 415, "bad_video"),
+        (lambda c, a: {"video": b64(empty_video()), "audio": b64(a), "loop": "none"}, 415, "bad_video"),
         (lambda c, a: {"video": b64(c), "audio": b64(a), "loop": "bounce"}, 400, "invalid_loop"),
         (lambda c, a: {"video": b64(c), "audio": b64(a), "start_frame": -2}, 400, "invalid_start_frame"),
     ],
-    ids=["unknown_id", "unsafe_id", "two_avatars", "no_avatar", "undecodable_video", "too_long", "bad_loop", "bad_start"],
+    ids=[
+        "unknown_id",
+        "unsafe_id",
+        "two_avatars",
+        "no_avatar",
+        "undecodable_video",
+        "too_long",
+        "too_large",
+        "too_large_streamed",
+        "no_frames",
+        "no_frames_streamed",
+        "bad_loop",
+        "bad_start",
+    ],
 )
 def test_refusals_are_typed(client, clip, audio: bytes, body, status: int, code: str) -> None:
     err = assert_error(post(client, "/api/generate", body(clip[0], audio)), {status}, code)
