@@ -67,6 +67,17 @@ def test_frames_cover_the_whole_audio(n: int, rate: int, fps: float, frames: int
     assert (got - 1) / fps < n / rate <= got / fps
 
 
+@pytest.mark.parametrize(("n", "fps", "batch"), [(1, 25, 4), (3199, 25, 4), (102_400, 25, 4), (160_000, 29.97, 7), (961_234, 25, 16)])
+def test_mel_windows_computed_as_asked_equal_the_whole_spectrogram(n: int, fps: float, batch: int) -> None:
+    """A streamed reply's mel, a block of columns at a time as batches ask for it, is the whole one's, bit for bit."""
+    wav = (np.random.default_rng(n).uniform(-0.4, 0.4, n)).astype(np.float32)
+    frames = A.frame_count(n, 16000, fps)
+    whole = A.mel_chunks(A.melspectrogram(wav), frames, fps)
+    lazy = A.MelWindows(wav, frames, fps)
+    assert len(lazy) == frames
+    np.testing.assert_array_equal(np.concatenate([lazy[i : i + batch] for i in range(0, frames, batch)]), whole)
+
+
 def test_short_audio_is_padded_to_one_window() -> None:
     chunks = A.mel_chunks(A.melspectrogram(np.zeros(160, np.float32)), 1, 25)
     assert chunks.shape == (1, 80, 16)

@@ -58,6 +58,7 @@ class StreamBody:
         self._batches = self.render.batches()
         next(self._batches)  # the first batch, before any header: its errors are still JSON
         self.first = self.render.writer.take()  # ftyp + empty moov + the first frames' fragments
+        self._closed = False
 
     @property
     def content_type(self) -> str:
@@ -85,6 +86,8 @@ class StreamBody:
             self.stats.outcome, self.stats.error = "failed", f"{type(e).__name__}: {e}"
             log.exception("stream %s failed after %d frames: the connection is cut", self.request_id, self.stats.frames_sent)
             raise
+        finally:
+            self.close()  # the slot is free as soon as the body ends, before the server's own close()
 
     def _sent(self, data: bytes) -> bytes:
         if self.stats.first_byte_s is None:
@@ -95,7 +98,11 @@ class StreamBody:
         return data
 
     def close(self) -> None:
-        """Stop the work (in-flight batches finish first), release the encoder and the slot, count the outcome."""
+        """Stop the work (in-flight batches cancelled), release the encoder and the slot, count the outcome.
+        Called when the body ends, and again by the server (WSGI `close()`): the second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._batches.close()
             self.render.close()

@@ -65,7 +65,8 @@ class _AudioTrack:
         self.stream.options = {"aac_coder": "fast"}  # 4× faster than the default two-loop search; speech sounds the same
         self.resampler = av.AudioResampler(format="fltp", layout=self.stream.layout, rate=out_rate)
         self.planar = np.ascontiguousarray(samples.T, dtype=np.float32)
-        self.position = 0  # samples encoded so far
+        self.position = 0  # input samples encoded so far
+        self.samples_out = 0  # samples handed to the encoder, at its rate
         self.flushed = False
 
     def encode_until(self, seconds: float) -> None:
@@ -88,7 +89,9 @@ class _AudioTrack:
             self.flushed = True
 
     def _mux(self, frames: list[av.AudioFrame]) -> None:
-        for out in frames:
+        for out in frames:  # timestamps counted in output samples: the muxer never has to guess them
+            out.pts, out.time_base = self.samples_out, Fraction(1, out.sample_rate)
+            self.samples_out += out.samples
             self.container.mux(self.stream.encode(out))
 
 
