@@ -13,7 +13,7 @@ import hashlib
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -21,6 +21,14 @@ from .compose import to_mouths
 
 if TYPE_CHECKING:
     import openvino as ov
+
+
+class Mels(Protocol):
+    """(N, 80, 16) mel windows: an array, or audio.MelWindows computing them as they are sliced."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, frames: slice, /) -> np.ndarray: ...
+
 
 FEATURE_CACHE = 32  # still avatars whose face-encoder features are kept (7 arrays, 1.2 MB per avatar)
 
@@ -61,7 +69,7 @@ class Generator:
         return out
 
     def run(
-        self, mels: np.ndarray, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
+        self, mels: Mels, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
     ) -> Iterator[np.ndarray]:
         """Yield (n, 96, 96, 3) uint8 BGR mouths for mels (N, 80, 16) and one face input (6, 96, 96).
 
