@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -275,6 +276,22 @@ def test_node_stream_aborted_after_the_first_chunk_frees_the_server(node: str, s
     assert int(stream_cli(node, server.url, assets / "astronaut.jpg", short, tmp_path / "next.mp4", "--retries", "0")["frames"]) == 25
     aborted = access_record(server, report["info"]["request_id"])  # the server stopped: it did not make the 500 frames
     assert aborted["stream"] == "aborted" and aborted["frames_sent"] < 500, aborted
+    print(f"aborted after the first chunk: the server stopped at {aborted['frames_sent']} of 500 frames")
+
+
+def test_node_cli_stream_interrupted_leaves_no_file(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the MP4 comes: the CLI closes the stream, removes OUT.part and exits 130."""
+    (long_speech := tmp_path / "long.wav").write_bytes(wav(speech_s(20.0)))
+    out, part = tmp_path / "out.mp4", tmp_path / "out.mp4.part"
+    args = ["--url", server.url, "--image", assets / "astronaut.jpg", "--audio", long_speech, "--out", out, "--stream"]
+    proc = subprocess.Popen([node, str(NODE_CLI), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (part.exists() and part.stat().st_size) and proc.poll() is None and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # the first bytes are on disk: the stream is under way
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and stderr.strip() == "interrupted" and not stdout, (proc.returncode, stdout, stderr)
+    assert not out.exists() and not part.exists()
 
 
 def test_node_cli_stream_cut_leaves_no_file(node: str, stub: Stub, assets: Path, tmp_path: Path) -> None:

@@ -359,11 +359,13 @@ async function generateCommand(opts) {
 
 /**
  * --stream: the MP4 written to --out as its bytes arrive and one line about it. The bytes go to
- * OUT.part, renamed to OUT once the stream has ended; a cut stream deletes it (no truncated OUT).
+ * OUT.part, renamed to OUT once the stream has ended; a cut or interrupted (Ctrl-C) stream deletes it.
  */
 async function streamCommand(opts) {
   const t0 = performance.now();
-  const { info, body } = await generateStream(await generateOptions(opts));
+  const interrupt = new AbortController(); // Ctrl-C: close the stream (the server stops) rather than die with OUT.part
+  process.once("SIGINT", () => interrupt.abort());
+  const { info, body } = await generateStream({ ...(await generateOptions(opts)), signal: interrupt.signal });
   const part = `${opts.out}.part`;
   let firstByteMs = null;
   let bytes = 0;
@@ -409,6 +411,10 @@ async function main(argv) {
       const where = e.status ? `HTTP ${e.status}` : "no response";
       console.error(`error ${e.code} (${where}): ${e.message}${e.requestId ? ` [request_id ${e.requestId}]` : ""}`);
       return 1;
+    }
+    if (e.name === "AbortError") {
+      console.error("interrupted");
+      return 130; // 128 + SIGINT, as a shell reports a process ended by Ctrl-C
     }
     if (e.code === "ENOENT" || e.code === "EISDIR" || e.code === "EACCES") {
       console.error(`error ${e.code}: ${e.message}`);
