@@ -19,7 +19,7 @@ from .compose import Paster
 from .config import Settings
 from .detect import FaceFinder
 from .dubbing import streamed
-from .errors import DeadlineExceeded
+from .errors import ClientGone, DeadlineExceeded
 from .generator import Generator
 from .schema import Options, Result
 from .video import Mp4Writer
@@ -113,11 +113,13 @@ class LipSync:
         video: bool | None = None,
         clock: Clock | None = None,
         fragmented: bool = False,
+        gone: Callable[[], bool] | None = None,
     ) -> Render:
         """Everything before the first frame (decode, detect, audio, the encoder) → a `Render` to run
-        batch by batch; `fragmented` makes a streamable MP4 (`Render.writer.take()` after each batch)."""
+        batch by batch; `fragmented` makes a streamable MP4 (`Render.writer.take()` after each batch).
+        `gone()` True (a streamed reply's client has left) stops the work with `ClientGone`."""
         clock = clock or Clock()
-        check = self._deadline(deadline)
+        check = self._check(deadline, gone)
         if isinstance(avatar, bytes):
             avatar = self.prepare(avatar, options, video, clock)
         sound = audio if isinstance(audio, A.Audio) else A.decode_audio(audio, self.settings.max_audio_seconds)
@@ -126,10 +128,14 @@ class LipSync:
         generator = self.generator if avatar.still else self.clip_generator()
         return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented)
 
-    def _deadline(self, deadline: float | None) -> Callable[[], None]:
+    def _check(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
+        """What the render loop and the generator call between steps: the deadline, and whether anyone still listens."""
+
         def check() -> None:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"the request took longer than {self.settings.request_timeout_s:g} s and was stopped")
+            if gone is not None and gone():
+                raise ClientGone("the client closed the connection; the work was stopped")
 
         return check
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .api import TalkingHead
@@ -73,14 +74,14 @@ class Registry:
         media, video = _media(req)
         return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)
 
-    def start(self, req: GenerateRequest, deadline: float | None = None) -> Render:
+    def start(self, req: GenerateRequest, deadline: float | None = None, gone: Callable[[], bool] | None = None) -> Render:
         """A request's clip as a fragmented MP4 made batch by batch (a streamed reply); decoding,
-        detection and the audio are done before this returns."""
+        detection and the audio are done before this returns. `gone()` True stops it (the client left)."""
         if req.avatar_id is not None:
             avatar, clock = self._restore(req.avatar_id)
-            return self.head.lipsync.start(avatar, req.audio, req.options, deadline, clock=clock, fragmented=True)
+            return self.head.lipsync.start(avatar, req.audio, req.options, deadline, clock=clock, fragmented=True, gone=gone)
         media, video = _media(req)
-        return self.head.lipsync.start(media, req.audio, req.options, deadline, video=video, fragmented=True)
+        return self.head.lipsync.start(media, req.audio, req.options, deadline, video=video, fragmented=True, gone=gone)
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page

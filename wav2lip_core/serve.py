@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from flask import Response, current_app, g, request
@@ -17,7 +18,7 @@ from .gate import Gate
 from .payload import AvatarRequest, GenerateRequest
 from .registry import Registry
 from .schema import Result
-from .stream import StreamBody
+from .stream import StreamBody, client_gone
 from .web import check_body, log_fields
 
 
@@ -48,9 +49,10 @@ def stream(req: GenerateRequest) -> Response:
     try:
         waited = hold.enter_context(gate.admit())
         hold.enter_context(metrics.in_flight())
-        render = registry.start(req, deadline=time.monotonic() + settings.request_timeout_s)
+        gone = partial(client_gone, request.environ.get("gunicorn.socket"))  # no socket (a test client): never gone
+        render = registry.start(req, deadline=time.monotonic() + settings.request_timeout_s, gone=gone)
         hold.callback(render.close)
-        body = StreamBody(render, hold, g.t0, g.request_id, request.environ.get("gunicorn.socket"))
+        body = StreamBody(render, hold, g.t0, g.request_id)
     except BaseException:
         hold.close()
         raise

@@ -3,8 +3,8 @@
 Everything that can fail early (the body, decoding, face detection, the gate, the first batch) runs
 before the headers, so those failures are the usual JSON errors. The headers carry what a client
 needs to know the stream is whole (`X-Frames`, `X-Duration`) and the codecs for Media Source
-Extensions. Between batches the client's socket is looked at: a client gone (tab closed, barge-in,
-`AbortController.abort()`) stops the work and frees the slot. A failure after the first byte is
+Extensions. While frames are made the client's socket is looked at every few ms: a client gone (tab
+closed, barge-in, `AbortController.abort()`) cancels the batch in flight and frees the slot. A failure after the first byte is
 logged with the request id and cuts the connection: the chunked body then lacks its last, empty
 chunk, which every HTTP client reports as an error.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
+from .errors import ClientGone
 from .pipeline import Render
 
 log = logging.getLogger("wav2lip.app")
@@ -51,7 +52,6 @@ class StreamBody:
     hold: ExitStack  # the gate's slot and the in-flight gauge
     started: float  # time.perf_counter() at the request's start
     request_id: str
-    client: socket.socket | None  # gunicorn's socket to the client; None elsewhere (a test client)
     stats: StreamStats = field(default_factory=StreamStats)
 
     def __post_init__(self) -> None:
@@ -72,16 +72,15 @@ class StreamBody:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield self._sent(self.first)
-            for _ in self._batches:
-                if _client_gone(self.client):
-                    self.stats.outcome = "aborted"
-                    return
+            for _ in self._batches:  # the render checks client_gone() every few ms: ClientGone when it left
                 yield self._sent(self.render.writer.take())
             yield self._sent(self.render.finish())
             self.stats.outcome = "completed"
-        except GeneratorExit:  # the server stopped reading: the client went away during a write
+        except GeneratorExit:  # the server stopped: the client left while it was written to
             self.stats.outcome = "aborted"
             raise
+        except ClientGone:  # the render saw the client leave: stop, nobody reads an answer
+            self.stats.outcome = "aborted"
         except Exception as e:
             self.stats.outcome, self.stats.error = "failed", f"{type(e).__name__}: {e}"
             log.exception("stream %s failed after %d frames: the connection is cut", self.request_id, self.stats.frames_sent)
@@ -107,7 +106,7 @@ class StreamBody:
             metrics.record_stream(self.stats.outcome, self.stats.frames_sent)
 
 
-def _client_gone(client: socket.socket | None) -> bool:
+def client_gone(client: socket.socket | None) -> bool:
     """True when the client has closed its end (a read would give EOF) or reset the connection."""
     if client is None:
         return False
