@@ -1,5 +1,6 @@
 """The shipped clients against the real server: the Node CLI (an MP4, an error JSON, 503 + Retry-After,
-avatars registered once and used by id, multipart bodies) and the browser page in headless Chromium
+avatars registered once and used by id, multipart bodies, a streamed MP4: written as it comes, cut,
+aborted) and the browser page in headless Chromium
 (a registered video avatar that idles, cuts to a lip-synced clip at the idle loop's position and back).
 
 node and chromium are required, not optional: when either is missing these tests fail (CI installs both).
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -33,6 +35,7 @@ from harness import ROOT
 from harness.gunicorn import Gunicorn
 
 NODE_CLI = ROOT / "clients" / "node" / "lipsync.mjs"
+STREAM_ABORT = ROOT / "tests" / "node" / "stream_abort.mjs"  # generateStream aborted after its first chunk
 PAGE_PORT = 8123  # the server fixture's CORS_ORIGINS allows http://localhost:8123
 CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES), a loop of 38 positions
 SPEECH_S = 6.4  # test_assets/speech.wav: 102400 samples at 16 kHz → 160 frames at 25 fps
@@ -59,8 +62,8 @@ def chromium() -> str:
     return _require("chromium", "/usr/bin/chromium")
 
 
-def run_cli(node: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([node, str(NODE_CLI), *map(str, args)], capture_output=True, text=True, timeout=60)
+def run_cli(node: str, *args: str | Path, script: Path = NODE_CLI) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([node, str(script), *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
 def test_node_cli_writes_a_playable_mp4(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
@@ -199,6 +202,111 @@ def test_node_cli_registers_an_avatar_once_then_generates_by_id(node: str, serve
     assert "25 frames 320x240 @ 25 fps" in proc.stdout and f"end frame {(start + 25) % period}," in proc.stdout, proc.stdout
     mp4 = decode_mp4(out.read_bytes())
     assert (mp4.video_codec, mp4.audio_codec, mp4.width, mp4.height, len(mp4.frames)) == ("h264", "aac", 320, 240, 25)
+
+
+STREAMED = re.compile(
+    r"streamed (?P<out>\S+): (?P<frames>\d+) frames @ 25 fps, [\d.]+ s, end frame \d+, (?P<bytes>\d+) bytes; "
+    r"first byte after (?P<ttfb>[\d.]+) s, total (?P<total>[\d.]+) s \(request_id [0-9a-f]{32}\)\n"
+)
+
+
+def stream_cli(node: str, url: str, image: Path, audio: Path, out: Path, *args: str) -> re.Match[str]:
+    """`--stream` to `out`: the line it printed, checked against the file (an MP4 of as many frames as it said)."""
+    proc = run_cli(node, "--url", url, "--image", image, "--audio", audio, "--out", out, "--stream", *args)
+    assert proc.returncode == 0, proc.stderr
+    line = STREAMED.fullmatch(proc.stdout)
+    assert line and line["out"] == str(out), proc.stdout
+    assert float(line["ttfb"]) <= float(line["total"]) and int(line["bytes"]) == out.stat().st_size
+    assert not Path(f"{out}.part").exists()
+    mp4 = decode_mp4(out.read_bytes())
+    assert (mp4.video_codec, mp4.audio_codec, mp4.width, mp4.height) == ("h264", "aac", 512, 512)
+    assert len(mp4.frames) == int(line["frames"]), (len(mp4.frames), proc.stdout)
+    print(proc.stdout.strip())
+    return line
+
+
+def test_node_cli_stream_writes_a_fragmented_mp4_as_it_comes(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
+    face, speech, out = assets / "astronaut.jpg", assets / "speech.wav", tmp_path / "out.mp4"
+    assert int(stream_cli(node, server.url, face, speech, out)["frames"]) == 160
+    boxes = top_level_boxes(out.read_bytes())
+    assert boxes[:2] == ["ftyp", "moov"] and {"moof", "mdat"} <= set(boxes), boxes  # fragmented: the samples come after the header
+    multipart = stream_cli(node, server.url, face, speech, tmp_path / "multipart.mp4", "--multipart")  # stream=true as a form field
+    assert int(multipart["frames"]) == 160
+
+
+def top_level_boxes(mp4: bytes) -> list[str]:
+    """The types of an MP4's top-level boxes, in order (ISO/IEC 14496-12: 32-bit size, 4-char type; size 1: a 64-bit size follows)."""
+    boxes, at = [], 0
+    while at + 8 <= len(mp4):
+        size, kind = int.from_bytes(mp4[at : at + 4], "big"), mp4[at + 4 : at + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(mp4[at + 8 : at + 16], "big")
+        boxes.append(kind)
+        at += size
+    return boxes
+
+
+def test_node_cli_stream_reports_an_error_before_the_first_byte(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
+    (speech := tmp_path / "speech.wav").write_text("this is not audio\n")
+    out = tmp_path / "out.mp4"
+    proc = run_cli(node, "--url", server.url, "--image", assets / "astronaut.jpg", "--audio", speech, "--out", out, "--stream")
+    assert proc.returncode == 1
+    assert re.match(r"error bad_audio \(HTTP 415\): .*\[request_id [0-9a-f]{32}\]$", proc.stderr.strip()), proc.stderr
+    assert not out.exists() and not Path(f"{out}.part").exists()
+
+
+def access_record(server: Gunicorn, request_id: str, wait_s: float = 30.0) -> dict:
+    """The access log's line of a request; a stream's is written when its body is closed."""
+    t0 = time.monotonic()
+    while not (records := [r for r in server.log_records() if r.get("request_id") == request_id]) and time.monotonic() - t0 < wait_s:
+        time.sleep(0.1)
+    assert len(records) == 1, (request_id, records)
+    return records[0]
+
+
+def test_node_stream_aborted_after_the_first_chunk_frees_the_server(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
+    (long_speech := tmp_path / "long.wav").write_bytes(wav(speech_s(20.0)))  # 500 frames: far from done at the first chunk
+    proc = run_cli(node, server.url, assets / "astronaut.jpg", long_speech, script=STREAM_ABORT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["info"]["frames"] == 500 and report["info"]["mime_type"].startswith('video/mp4; codecs="avc1.'), report
+    assert report["chunks"] == 1 and report["ended"]["name"] == "AbortError", report
+    # the next request gets the only slot (no retry allowed: a 503 would fail it) and streams whole
+    (short := tmp_path / "short.wav").write_bytes(wav(speech_s(1.0)))
+    assert int(stream_cli(node, server.url, assets / "astronaut.jpg", short, tmp_path / "next.mp4", "--retries", "0")["frames"]) == 25
+    aborted = access_record(server, report["info"]["request_id"])  # the server stopped: it did not make the 500 frames
+    assert aborted["stream"] == "aborted" and aborted["frames_sent"] < 500, aborted
+    print(f"aborted after the first chunk: the server stopped at {aborted['frames_sent']} of 500 frames")
+
+
+def test_node_cli_stream_interrupted_leaves_no_file(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the MP4 comes: the CLI closes the stream, removes OUT.part and exits 130."""
+    (long_speech := tmp_path / "long.wav").write_bytes(wav(speech_s(20.0)))
+    out, part = tmp_path / "out.mp4", tmp_path / "out.mp4.part"
+    args = ["--url", server.url, "--image", assets / "astronaut.jpg", "--audio", long_speech, "--out", out, "--stream"]
+    proc = subprocess.Popen([node, str(NODE_CLI), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (part.exists() and part.stat().st_size) and proc.poll() is None and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # the first bytes are on disk: the stream is under way
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and stderr.strip() == "interrupted" and not stdout, (proc.returncode, stdout, stderr)
+    assert not out.exists() and not part.exists()
+
+
+def test_node_cli_stream_cut_leaves_no_file(node: str, stub: Stub, assets: Path, tmp_path: Path) -> None:
+    """A stream that ends before its last byte (the server failed mid-way): exit 1, no OUT, no OUT.part."""
+    headers = {"Content-Type": 'video/mp4; codecs="avc1.640028, mp4a.40.2"', "Content-Length": "100000", "X-Frames": "160"}
+    stub.responses = [(200, headers, CANNED_MP4)]  # 100000 bytes announced, a few sent, then the connection closes
+    out = tmp_path / "out.mp4"
+    args = ["--image", assets / "astronaut.jpg", "--audio", assets / "speech.wav", "--out", out, "--stream"]
+    proc = run_cli(node, "--url", stub.url, *args)
+    assert proc.returncode == 1
+    cut = rf"error stream_cut \(HTTP 200\): the stream was cut after {len(CANNED_MP4)} bytes .*; {re.escape(str(out))} not written"
+    assert re.match(cut, proc.stderr), proc.stderr
+    assert not out.exists() and not Path(f"{out}.part").exists()
+    [(_, sent_headers, body)] = stub.requests
+    assert json.loads(body)["stream"] is True and sent_headers["Accept"].startswith("video/mp4"), sent_headers
 
 
 @pytest.fixture

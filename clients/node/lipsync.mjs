@@ -6,17 +6,21 @@
 //   const { mp4, meta } = await generate({ url: "http://127.0.0.1:8000", image, audio });
 //   const { avatar_id } = await registerAvatar({ url, video, multipart: true });
 //   const next = await generate({ url, avatarId: avatar_id, audio, startFrame: meta.end_frame });
+//   const { info, body } = await generateStream({ url, avatarId: avatar_id, audio, signal }); // fMP4 as it is made
 //
-//   node lipsync.mjs --url http://127.0.0.1:8000 --image face.jpg --audio speech.wav --out out.mp4
+//   node lipsync.mjs --url http://127.0.0.1:8000 --image face.jpg --audio speech.wav --out out.mp4 [--stream]
 //   node lipsync.mjs --url http://127.0.0.1:8000 --register --video idle.mp4
 
-import { readFile, writeFile } from "node:fs/promises";
-import { realpathSync } from "node:fs";
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
+import { createWriteStream, realpathSync } from "node:fs";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 
 export const DEFAULT_RETRIES = 3; // extra attempts after a 503; each waits the server's Retry-After
 export const MAX_RETRY_WAIT_S = 60; // a Retry-After larger than this is capped, so a retry stays bounded in time
 const FINAL_503_CODES = new Set(["models_missing"]); // the IR is absent: waiting does not help
+const STREAM_TYPE = "video/mp4"; // a streamed answer's Content-Type, before its `; codecs="…"`
 
 /** An error response from the server (or the network): `status` 0 means no HTTP response. */
 export class LipSyncError extends Error {
@@ -36,6 +40,11 @@ export function parseRetryAfter(value, now = Date.now()) {
   if (/^\d+$/.test(value.trim())) return Number(value.trim());
   const date = Date.parse(value);
   return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - now) / 1000));
+}
+
+/** What went wrong below fetch: undici puts the socket's error (ECONNREFUSED, "other side closed") in `cause`. */
+function why(e) {
+  return e.cause?.code ?? e.cause?.message ?? e.message;
 }
 
 function sleep(ms, signal) {
@@ -133,8 +142,7 @@ async function post(url, { body, headers, apiKey, requestId, retries = DEFAULT_R
       resp = await fetch(url, { method: "POST", headers, body, signal });
     } catch (e) {
       if (signal?.aborted) throw e;
-      const why = e.cause?.code ?? e.cause?.message ?? e.message;
-      throw new LipSyncError(`could not reach ${url}: ${why}`, { code: "network_error", cause: e });
+      throw new LipSyncError(`could not reach ${url}: ${why(e)}`, { code: "network_error", cause: e });
     }
     if (resp.ok) return resp;
     const err = await errorFrom(resp);
@@ -173,28 +181,96 @@ export async function registerAvatar({ url, image, video, pads, box, fps, multip
 }
 
 /**
+ * The one `/api/generate` request of both `generate` and `generateStream` (`fn`, for errors): the
+ * arguments checked, the body built, posted; `stream` is the body's `stream` field (null: not sent).
+ */
+function postGenerate(fn, { url, image, video, avatarId, audio, multipart = false, ...rest }, stream = null) {
+  if (!url) throw new TypeError(`${fn}: url is required`);
+  const [name, avatar] = oneOf(fn, { image, video, avatarId });
+  if (!Buffer.isBuffer(audio) || audio.length === 0) throw new TypeError(`${fn}: audio must be a non-empty Buffer`);
+  const files = name === "avatarId" ? { audio } : { [name]: avatar, audio };
+  const fields = { ...(name === "avatarId" && { avatar_id: avatar }), ...optionFields(rest), stream };
+  const { body, headers } = makeBody(files, fields, multipart);
+  const accept = stream ? { Accept: `${STREAM_TYPE}, application/json` } : {}; // errors stay JSON
+  return post(endpoint(url, "api/generate"), { ...callOptions(rest), body, headers: { ...headers, ...accept } });
+}
+
+/**
  * POST `audio` and one avatar (`image` or `video` Buffer, or a registered `avatarId`) to
  * `${url}/api/generate`; resolves to `{mp4: Buffer, meta}` (meta: the JSON answer without the video,
  * with `end_frame`, the loop position to resume at). Options: fps, box, pads, paste, loop, startFrame;
  * `multipart` uploads files instead of base64 JSON. 503s are retried as `registerAvatar` does.
  */
-export async function generate({ url, image, video, avatarId, audio, multipart = false, ...rest } = {}) {
-  if (!url) throw new TypeError("generate: url is required");
-  const [name, avatar] = oneOf("generate", { image, video, avatarId });
-  if (!Buffer.isBuffer(audio) || audio.length === 0) throw new TypeError("generate: audio must be a non-empty Buffer");
-  const files = name === "avatarId" ? { audio } : { [name]: avatar, audio };
-  const fields = { ...(name === "avatarId" && { avatar_id: avatar }), ...optionFields(rest) };
-  const resp = await post(endpoint(url, "api/generate"), { ...callOptions(rest), ...makeBody(files, fields, multipart) });
+export async function generate(opts = {}) {
+  const resp = await postGenerate("generate", opts);
   const meta = await answer(resp, "video", "string");
   const mp4 = Buffer.from(meta.video, "base64");
   delete meta.video;
   return { mp4, meta };
 }
 
+/** A streamed answer's properties, from its headers: the names of `generate`'s `meta` (null when a header is absent). */
+function streamInfo(resp) {
+  const header = (name) => resp.headers.get(name);
+  const number = (name) => (header(name) == null ? null : Number(header(name)));
+  return {
+    mime_type: header("content-type"), // video/mp4; codecs="avc1.…, mp4a.40.2": what a MediaSource needs
+    frames: number("x-frames"),
+    duration_s: number("x-duration"),
+    fps: number("x-fps"),
+    face_box: header("x-face-box")?.split(",").map(Number) ?? null,
+    end_frame: number("x-end-frame"),
+    request_id: header("x-request-id"),
+  };
+}
+
+/** `body` (a web ReadableStream) whose failure before its end, the server cutting the stream, is a LipSyncError "stream_cut"; an abort by `signal` stays the abort. */
+function cutAware(body, requestId, signal) {
+  const reader = body.getReader();
+  let bytes = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        throw new LipSyncError(`the stream was cut after ${bytes} bytes (${why(e)})`, { status: 200, code: "stream_cut", requestId, cause: e });
+      }
+      if (chunk.done) return controller.close();
+      bytes += chunk.value.length;
+      controller.enqueue(chunk.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+}
+
+/**
+ * `generate`, streamed: the server sends a fragmented MP4 as it makes the frames. Resolves when the
+ * answer starts, to `{info, body, ttfbMs}`: `info` from the headers (`frames`, `duration_s`, `fps`,
+ * `face_box`, `end_frame`, `request_id`, `mime_type` with the codecs), `body` a ReadableStream of the
+ * MP4's bytes, `ttfbMs` the time from the call to the answer's headers. An error before the answer
+ * rejects as `generate` does; a stream cut later errors `body` with a LipSyncError "stream_cut".
+ * Aborting `signal` (barge-in) errors `body` with the abort's reason and stops the server's work.
+ */
+export async function generateStream(opts = {}) {
+  const t0 = performance.now();
+  const resp = await postGenerate("generateStream", opts, true);
+  const ttfbMs = performance.now() - t0;
+  const info = streamInfo(resp);
+  if (!info.mime_type?.startsWith(STREAM_TYPE)) {
+    await resp.body?.cancel();
+    const message = `expected a streamed ${STREAM_TYPE}, got ${info.mime_type} (does the server stream?)`;
+    throw new LipSyncError(message, { status: resp.status, code: "bad_response", requestId: info.request_id });
+  }
+  return { info, body: cutAware(resp.body, info.request_id, opts.signal), ttfbMs };
+}
+
 const USAGE = `usage: node lipsync.mjs --url URL (--image FACE | --video CLIP | --avatar-id ID) --audio SPEECH --out OUT.mp4
                         [--fps N] [--box X1 Y1 X2 Y2] [--pads T B L R] [--paste box|feather]
-                        [--loop pingpong|repeat|none] [--start-frame K] [--multipart] [--api-key KEY] [--retries N]
+                        [--loop pingpong|repeat|none] [--start-frame K] [--stream] [--multipart] [--api-key KEY] [--retries N]
        node lipsync.mjs --url URL --register (--image FACE | --video CLIP) [--fps N] [--box …] [--pads …] [--multipart] …
+  --stream writes OUT.mp4 as the server makes it (a fragmented MP4, through OUT.mp4.part);
   --register prints the avatar's record as JSON; --api-key defaults to $LIPSYNC_API_KEY`;
 
 class UsageError extends Error {}
@@ -204,15 +280,16 @@ const VALUE_ARGS = {
   "--api-key": "apiKey", "--paste": "paste", "--loop": "loop",
 };
 const NUMBER_ARGS = { "--fps": ["fps", false], "--retries": ["retries", true], "--start-frame": ["startFrame", true] }; // → [option, whole number]
-const FLAG_ARGS = { "--register": "register", "--multipart": "multipart", "-h": "help", "--help": "help" };
+const FLAG_ARGS = { "--register": "register", "--stream": "stream", "--multipart": "multipart", "-h": "help", "--help": "help" };
 
-const flagOf = (name) => Object.keys(VALUE_ARGS).find((flag) => VALUE_ARGS[flag] === name);
+const NAMED_ARGS = { ...VALUE_ARGS, ...FLAG_ARGS };
+const flagOf = (name) => Object.keys(NAMED_ARGS).find((flag) => NAMED_ARGS[flag] === name);
 
 /** Usage errors of a parsed command line: exactly one avatar, and the files each mode needs (or refuses). */
 function checkModes(opts) {
   const avatars = opts.register ? ["image", "video"] : ["image", "video", "avatarId"];
   if (avatars.filter((k) => opts[k]).length !== 1) throw new UsageError(`give exactly one of ${avatars.map(flagOf).join(", ")}`);
-  const extra = opts.register ? ["avatarId", "audio", "out"].filter((k) => opts[k]) : [];
+  const extra = opts.register ? ["avatarId", "audio", "out", "stream"].filter((k) => opts[k]) : [];
   if (extra.length) throw new UsageError(`--register takes no ${extra.map(flagOf).join(", ")}`);
   for (const name of opts.register ? ["url"] : ["url", "audio", "out"]) {
     if (!opts[name]) throw new UsageError(`${flagOf(name)} is required`);
@@ -260,17 +337,56 @@ async function registerCommand(opts) {
   console.log(JSON.stringify(record));
 }
 
+/** The options of a generate call from the command line: the avatar's and the audio's files read. */
+async function generateOptions(opts) {
+  const kind = ["image", "video"].find((k) => opts[k]);
+  const [avatar, audio] = await Promise.all([kind && readFile(opts[kind]), readFile(opts.audio)]);
+  return { ...opts, ...(kind && { [kind]: avatar }), audio, onRetry: onRetry(opts.retries) };
+}
+
+const seconds = (ms) => (ms / 1000).toFixed(1);
+
 /** Lip-sync: the MP4 to --out and one line about it. */
 async function generateCommand(opts) {
   const t0 = performance.now();
-  const kind = ["image", "video"].find((k) => opts[k]);
-  const [avatar, audio] = await Promise.all([kind && readFile(opts[kind]), readFile(opts.audio)]);
-  const { mp4, meta } = await generate({ ...opts, ...(kind && { [kind]: avatar }), audio, onRetry: onRetry(opts.retries) });
+  const { mp4, meta } = await generate(await generateOptions(opts));
   await writeFile(opts.out, mp4);
-  const s = ((performance.now() - t0) / 1000).toFixed(1);
   console.log(
     `wrote ${opts.out}: ${meta.frames} frames ${meta.width}x${meta.height} @ ${meta.fps} fps, ` +
-      `${meta.duration_s} s, end frame ${meta.end_frame}, ${mp4.length} bytes in ${s} s (request_id ${meta.request_id})`,
+      `${meta.duration_s} s, end frame ${meta.end_frame}, ${mp4.length} bytes in ${seconds(performance.now() - t0)} s (request_id ${meta.request_id})`,
+  );
+}
+
+/**
+ * --stream: the MP4 written to --out as its bytes arrive and one line about it. The bytes go to
+ * OUT.part, renamed to OUT once the stream has ended; a cut or interrupted (Ctrl-C) stream deletes it.
+ */
+async function streamCommand(opts) {
+  const t0 = performance.now();
+  const interrupt = new AbortController(); // Ctrl-C: close the stream (the server stops) rather than die with OUT.part
+  process.once("SIGINT", () => interrupt.abort());
+  const { info, body } = await generateStream({ ...(await generateOptions(opts)), signal: interrupt.signal });
+  const part = `${opts.out}.part`;
+  let firstByteMs = null;
+  let bytes = 0;
+  async function* counted(chunks) {
+    for await (const chunk of chunks) {
+      firstByteMs ??= performance.now() - t0;
+      bytes += chunk.length;
+      yield chunk;
+    }
+  }
+  try {
+    await pipeline(Readable.fromWeb(body), counted, createWriteStream(part));
+  } catch (e) {
+    await rm(part, { force: true });
+    if (e instanceof LipSyncError) e.message += `; ${opts.out} not written`;
+    throw e;
+  }
+  await rename(part, opts.out);
+  console.log(
+    `streamed ${opts.out}: ${info.frames} frames @ ${info.fps} fps, ${info.duration_s} s, end frame ${info.end_frame}, ${bytes} bytes; ` +
+      `first byte after ${seconds(firstByteMs)} s, total ${seconds(performance.now() - t0)} s (request_id ${info.request_id})`,
   );
 }
 
@@ -288,13 +404,17 @@ async function main(argv) {
     return 0;
   }
   try {
-    await (opts.register ? registerCommand : generateCommand)(opts);
+    await (opts.register ? registerCommand : opts.stream ? streamCommand : generateCommand)(opts);
     return 0;
   } catch (e) {
     if (e instanceof LipSyncError) {
       const where = e.status ? `HTTP ${e.status}` : "no response";
       console.error(`error ${e.code} (${where}): ${e.message}${e.requestId ? ` [request_id ${e.requestId}]` : ""}`);
       return 1;
+    }
+    if (e.name === "AbortError") {
+      console.error("interrupted");
+      return 130; // 128 + SIGINT, as a shell reports a process ended by Ctrl-C
     }
     if (e.code === "ENOENT" || e.code === "EISDIR" || e.code === "EACCES") {
       console.error(`error ${e.code}: ${e.message}`);
