@@ -1,5 +1,5 @@
 """Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`): the
-tests evaluate JavaScript in the page and fill its file inputs, with no websocket library and no
+tests and the bench evaluate JavaScript in the page and fill its file inputs, with no websocket library and no
 debugging port. Chromium reads commands on fd 3 and writes answers and events on fd 4, each a JSON
 object ending with a NUL byte.
 
