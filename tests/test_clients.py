@@ -254,15 +254,20 @@ def speak_and_check(browser: Chromium, speech: Path, frames: int) -> dict:
     return state
 
 
+def open_avatar(browser: Chromium, page_origin: str, server_url: str, tmp_path: Path) -> dict:
+    """The page on `server_url`, idling with a 320×240 video avatar registered through its file input; the avatar."""
+    (clip_mp4 := tmp_path / "idle.mp4").write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES)[0])
+    avatar = open_page(browser, page_origin, server_url, clip_mp4)
+    assert (avatar["kind"], avatar["frames"], avatar["width"], avatar["height"]) == ("video", CLIP_FRAMES, 320, 240), avatar
+    idle_advances(browser, PERIOD, avatar["fps"])
+    return avatar
+
+
 @pytest.fixture
 def avatar_page(chromium: str, server: Gunicorn, page_origin: str, tmp_path: Path) -> Iterator[tuple[Chromium, dict]]:
-    """The page in headless Chromium, idling with a 320×240 video avatar registered through its file input."""
-    (clip_mp4 := tmp_path / "idle.mp4").write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES)[0])
+    """The page in headless Chromium, idling with its video avatar on the server fixture."""
     with Chromium(chromium, tmp_path) as browser:
-        avatar = open_page(browser, page_origin, server.url, clip_mp4)
-        assert (avatar["kind"], avatar["frames"], avatar["width"], avatar["height"]) == ("video", CLIP_FRAMES, 320, 240), avatar
-        idle_advances(browser, PERIOD, avatar["fps"])
-        yield browser, avatar
+        yield browser, open_avatar(browser, page_origin, server.url, tmp_path)
 
 
 def test_browser_avatar_cuts_in_and_out_of_its_idle_loop(avatar_page: tuple[Chromium, dict], tmp_path: Path) -> None:
@@ -322,3 +327,27 @@ def test_browser_without_media_source_plays_the_whole_reply(avatar_page: tuple[C
     stream = speak_and_check(browser, speech, 25)["lastStream"]
     assert (stream["path"], stream["outcome"], stream["framesReceived"]) == ("blob", "complete", 25), stream
     assert stream["firstByteAt"] <= stream["doneAt"] <= stream["readyAt"], stream  # the whole body, then played
+
+
+@pytest.fixture(scope="module")
+def hasty_server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    """A server whose deadline (REQUEST_TIMEOUT_S) passes while a long reply streams: it then cuts the connection."""
+    env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(tmp_path_factory.mktemp("avatars")), "REQUEST_TIMEOUT_S": "4"}
+    with Gunicorn(ir_blazeface, tmp_path_factory.mktemp("logs") / "gunicorn.log", env=env, ready_timeout_s=120) as s:
+        yield s
+
+
+def test_browser_shows_a_reply_cut_short(chromium: str, hasty_server: Gunicorn, page_origin: str, tmp_path: Path) -> None:
+    """The body ends without its last chunk: the page plays every frame that came, says the reply was cut,
+    and resumes the idle loop after the last of them."""
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(60.0)))  # 1500 frames: far more than 4 s of work makes
+    with Chromium(chromium, tmp_path) as browser:
+        open_avatar(browser, page_origin, hasty_server.url, tmp_path)
+        state = wait_idle(browser, start_speaking(browser, speech))
+        status = browser.evaluate("document.getElementById('status').textContent")
+    stream, resume, start = state["lastStream"], state["lastResume"], state["lastRequest"]["startFrame"]
+    assert (stream["path"], stream["outcome"]) == ("mse", "cut") and 0 < stream["framesReceived"] < stream["framesExpected"], stream
+    assert resume["outcome"] == "cut" and resume["framesShown"] == stream["framesReceived"], resume
+    assert resume["endFrame"] == (start + resume["framesShown"]) % PERIOD, resume
+    assert round(resume["idleFrameOnScreen"]) == resume["endFrame"], resume
+    assert state["phase"] == "idle" and "the reply was cut" in status, status
