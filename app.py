@@ -22,7 +22,7 @@ from wav2lip_core.loader import Models
 from wav2lip_core.payload import parse_avatar, parse_generate
 from wav2lip_core.registry import IDLE_FILE
 from wav2lip_core.schema import Result
-from wav2lip_core.serve import lipsync, mp4_response, ready, register, timings
+from wav2lip_core.serve import lipsync, mp4_response, ready, register, stream, timings
 from wav2lip_core.web import install_hooks, read_body
 
 
@@ -44,11 +44,15 @@ def prometheus() -> Response:
 
 
 def generate() -> Response:
-    """image / video / avatar_id + audio (JSON or multipart) → an MP4: in JSON (base64), or raw with `Accept: video/mp4`."""
+    """image / video / avatar_id + audio (JSON or multipart) → an MP4: in JSON (base64), raw with `Accept: video/mp4`,
+    or fragmented and streamed as it is made with `"stream": true`."""
     ready(body=True)
     # Read and validate the body before taking a slot: a slow (or stalled) upload must not hold the
     # only compute slot, and a malformed request must not queue behind the running ones.
-    result = lipsync(parse_generate(read_body()))
+    req = parse_generate(read_body())
+    if req.stream:  # a fragmented MP4 sent as it is made
+        return stream(req)
+    result = lipsync(req)
     if request.accept_mimetypes.best_match(["application/json", "video/mp4"]) == "video/mp4":
         return mp4_response(result)
     return _json_answer(result)

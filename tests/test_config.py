@@ -41,7 +41,7 @@ def test_an_empty_environment_gives_the_defaults(env: pytest.MonkeyPatch) -> Non
         Path("ir_models"),
         Path("ov_cache"),
         "auto",
-        16,
+        4,
         True,
     )
     assert (s.bind_address(), s.graceful_timeout_s(), s.gunicorn_timeout, s.log_level) == ("127.0.0.1:8000", 310, 120, "info")

@@ -171,19 +171,36 @@ def _window() -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN)  # periodic Hann, scipy get_window("hann")
 
 
-def melspectrogram(wav_16k: np.ndarray) -> np.ndarray:
-    """Wav2Lip's `audio.melspectrogram`: (80, 1 + len // 200) float32 in [-4, 4], never NaN."""
-    y = np.asarray(wav_16k, dtype=np.float64)
-    y = np.append(y[:1], y[1:] - PREEMPHASIS * y[:-1])  # scipy.signal.lfilter([1, -k], [1], y)
-    # librosa.stft(center=True) pads n_fft // 2 zeros on both sides (pad_mode "constant" since 0.10)
-    y = np.pad(y, (N_FFT // 2, N_FFT // 2))
-    frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP]
+def _emphasised(wav_16k: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of the signal as the STFT sees it, in float64: pre-emphasised
+    (scipy.signal.lfilter([1, -k], [1], y)) and padded with n_fft // 2 zeros on both sides
+    (librosa.stft(center=True), pad_mode "constant" since 0.10)."""
+    lo, hi = start - N_FFT // 2, stop - N_FFT // 2  # in the unpadded signal
+    a, b = max(lo, 0), min(hi, len(wav_16k))
+    y = np.asarray(wav_16k[max(a - 1, 0) : b], dtype=np.float64)
+    emphasised = y[1:] - PREEMPHASIS * y[:-1] if a > 0 else np.append(y[:1], y[1:] - PREEMPHASIS * y[:-1])
+    return np.pad(emphasised, (a - lo, max(0, hi - max(b, a))))
+
+
+def _columns(wav_16k: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Mel columns [start, stop): each is its own 800-sample window, 200 samples after the last."""
+    signal = _emphasised(wav_16k, start * HOP, (stop - 1) * HOP + N_FFT)
+    frames = np.lib.stride_tricks.sliding_window_view(signal, N_FFT)[::HOP]
     magnitude = np.abs(np.fft.rfft(frames * _window(), axis=1))  # (T, 401)
     mel = mel_basis() @ magnitude.T  # (80, T)
     min_level = np.exp(MIN_LEVEL_DB / 20.0 * np.log(10.0))
     db = 20.0 * np.log10(np.maximum(min_level, mel)) - REF_LEVEL_DB
     norm = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
     return np.clip(norm, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def _n_columns(n_samples: int) -> int:
+    return 1 + n_samples // HOP
+
+
+def melspectrogram(wav_16k: np.ndarray) -> np.ndarray:
+    """Wav2Lip's `audio.melspectrogram`: (80, 1 + len // 200) float32 in [-4, 4], never NaN."""
+    return _columns(wav_16k, 0, _n_columns(len(wav_16k)))
 
 
 def frame_count(n_samples: int, sample_rate: int, fps: float) -> int:
@@ -206,6 +223,42 @@ def mel_chunks(mel: np.ndarray, n_frames: int, fps: float) -> np.ndarray:
     """(n_frames, 80, 16) float32 windows; audio shorter than 0.2 s is padded with silence (−4)."""
     if mel.shape[1] < MEL_STEP:
         mel = np.pad(mel, ((0, 0), (0, MEL_STEP - mel.shape[1])), constant_values=-MAX_ABS_VALUE)
-    starts = chunk_starts(n_frames, mel.shape[1], fps)
+    return _windows(mel, chunk_starts(n_frames, mel.shape[1], fps))
+
+
+def _windows(mel: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(len(starts), 80, 16): the 16 columns from each start."""
     windows = np.lib.stride_tricks.sliding_window_view(mel, MEL_STEP, axis=1)  # (80, T-15, 16)
     return np.ascontiguousarray(windows[:, starts].transpose(1, 0, 2))
+
+
+class MelWindows:
+    """`mel_chunks(melspectrogram(wav), n_frames, fps)`, computed a block of columns at a time as
+    frames are asked for (`len()`, slices): the first batch never waits for a long clip's whole
+    spectrogram, and the working arrays stay small."""
+
+    BLOCK = 160  # columns computed at once: 2 s of audio
+
+    def __init__(self, wav_16k: np.ndarray, n_frames: int, fps: float):
+        self._wav = wav_16k
+        self._total = _n_columns(len(wav_16k))
+        width = max(self._total, MEL_STEP)  # shorter than 0.2 s: padded with silence (−4)
+        self._mel = np.full((N_MELS, width), -MAX_ABS_VALUE, np.float32)
+        self._done = 0  # columns computed so far
+        self._starts = chunk_starts(n_frames, width, fps)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, frames: slice) -> np.ndarray:
+        """(n, 80, 16) float32 windows of the frames in `frames`."""
+        starts = self._starts[frames]
+        if len(starts):
+            self._compute(int(starts.max()) + MEL_STEP)
+        return _windows(self._mel, starts)
+
+    def _compute(self, upto: int) -> None:
+        upto = min(self._total, max(upto, self._done + self.BLOCK))
+        if upto > self._done:
+            self._mel[:, self._done : upto] = _columns(self._wav, self._done, upto)
+            self._done = upto

@@ -71,6 +71,12 @@ class DeadlineExceeded(LipSyncError):
     status, code = 504, "deadline_exceeded"
 
 
+class ClientGone(LipSyncError):
+    """The client closed the connection of a streamed reply (barge-in): the work stops; nobody reads an answer."""
+
+    status, code = 499, "client_gone"
+
+
 class ModelsMissing(LipSyncError):
     """The IR is absent or incomplete; the message names the command that creates it (no `retry_after`)."""
 

@@ -38,18 +38,20 @@ class Gate:
         return Busy(f"server busy: {why}; retry in {after} s", retry_after=after)
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a compute slot for the block, or raise `Busy` (at once when full, else after `wait_s`)."""
+    def admit(self) -> Iterator[float]:
+        """Hold a compute slot for the block, or raise `Busy` (at once when full, else after `wait_s`).
+        Gives the seconds spent waiting for the slot."""
         with self._lock:
             if self._admitted >= self._limit:
                 raise self._busy(f"{self._admitted} requests in progress or queued")
             self._admitted += 1
         try:
+            queued = time.monotonic()
             if not self._slots.acquire(timeout=self._wait_s):
                 raise self._busy(f"waited {self._wait_s:g} s for a free slot")
             t0 = time.monotonic()
             try:
-                yield
+                yield t0 - queued
             finally:
                 self._slots.release()
                 with self._lock:

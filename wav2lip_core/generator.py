@@ -13,7 +13,7 @@ import hashlib
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -22,6 +22,15 @@ from .compose import to_mouths
 if TYPE_CHECKING:
     import openvino as ov
 
+
+class Mels(Protocol):
+    """(N, 80, 16) mel windows: an array, or audio.MelWindows computing them as they are sliced."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, frames: slice, /) -> np.ndarray: ...
+
+
+WAIT_POLL_MS = 5  # while a batch computes, `check` runs this often
 FEATURE_CACHE = 32  # still avatars whose face-encoder features are kept (7 arrays, 1.2 MB per avatar)
 
 
@@ -61,12 +70,13 @@ class Generator:
         return out
 
     def run(
-        self, mels: np.ndarray, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
+        self, mels: Mels, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
     ) -> Iterator[np.ndarray]:
         """Yield (n, 96, 96, 3) uint8 BGR mouths for mels (N, 80, 16) and one face input (6, 96, 96).
 
         A video avatar passes `face` (n_src, 6, 96, 96) and `index` (N,): frame i uses face[index[i]]
-        (whole network only). `check` is called before each batch is submitted (the deadline hook).
+        (whole network only). `check` is called before each batch is submitted and while one computes
+        (the deadline and client hook: what it raises stops the run and cancels the batches in flight).
         """
         if index is not None and self.face_encoder is not None:
             raise ValueError("per-frame faces need the whole network, not the split generator")
@@ -88,12 +98,16 @@ class Generator:
                 request.start_async(inputs)
                 pending.append((request, n))
                 if len(pending) == in_flight:
-                    yield self._take(*pending.popleft())
+                    yield self._take(*pending[0], check)
+                    pending.popleft()
             while pending:
-                yield self._take(*pending.popleft())
-        finally:
-            for request, _ in pending:  # abandoned (error or deadline): let the CPU finish cleanly
-                request.wait()
+                yield self._take(*pending[0], check)
+                pending.popleft()
+        finally:  # abandoned (an error, the deadline, a client gone): stop what is still computing, at once
+            for request, _ in pending:
+                request.cancel()
+            for request, _ in pending:
+                _wait_cancelled(request)
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """Static shape: pad a last, short batch with copies of its last item."""
@@ -102,6 +116,17 @@ class Generator:
         return np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), axis=0)])
 
     @staticmethod
-    def _take(request: ov.InferRequest, n: int) -> np.ndarray:
-        request.wait()
+    def _take(request: ov.InferRequest, n: int, check: Callable[[], None]) -> np.ndarray:
+        """The batch's mouths; `check` runs every few ms while it computes (a deadline or a gone client stops it)."""
+        while not request.wait_for(WAIT_POLL_MS):
+            check()
         return to_mouths(request.get_output_tensor(0).data[:n])
+
+
+def _wait_cancelled(request: ov.InferRequest) -> None:
+    """Wait for a cancelled request to stop; OpenVINO reports the cancellation itself as an error."""
+    try:
+        request.wait()
+    except RuntimeError as e:
+        if "canceled" not in str(e):
+            raise

@@ -21,6 +21,10 @@ LATENCY = Histogram("lipsync_request_seconds", "API request latency", buckets=(0
 FRAMES = Counter("lipsync_frames_generated_total", "Video frames generated")
 IN_FLIGHT = Gauge("lipsync_in_flight_requests", "Requests being computed", multiprocess_mode="livesum")
 CACHE = Counter("lipsync_face_cache_total", "Face box lookups by outcome", ["outcome"])
+FIRST_BYTE = Histogram(
+    "lipsync_stream_first_byte_seconds", "Streams: request start to the first body byte", buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10)
+)
+STREAMS = Counter("lipsync_streams_total", "Streamed replies by outcome (completed, aborted by the client, failed)", ["outcome"])
 
 
 def observe(status: int, seconds: float) -> None:
@@ -34,6 +38,12 @@ def record_result(result: Result) -> None:
     FRAMES.inc(result.frames)
     if result.face_source != "box":
         CACHE.labels(outcome="hit" if result.face_source == "cache" else "miss").inc()
+
+
+def record_stream(outcome: str, frames_sent: int) -> None:
+    """Count one stream's end and the frames that went out."""
+    STREAMS.labels(outcome=outcome).inc()
+    FRAMES.inc(frames_sent)
 
 
 @contextmanager

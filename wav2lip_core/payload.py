@@ -38,6 +38,7 @@ class GenerateRequest:
     image: bytes | None = None
     video: bytes | None = None
     avatar_id: str | None = None
+    stream: bool = False  # the MP4 fragmented and sent as it is made
 
 
 @dataclass
@@ -129,6 +130,17 @@ class Body:
             raise BadRequest(f"send only one of {which}, got {given}", code="invalid_field")
         return given[0]
 
+    def flag(self, name: str) -> bool:
+        """A yes/no field: JSON true/false; in a form "true"/"false"/"1"/"0"; absent is false."""
+        value = self.values.get(name)
+        if not self.given(name) or value is False:
+            return False
+        if value is True or (self.form and value in ("true", "1")):
+            return True
+        if self.form and value in ("false", "0"):
+            return False
+        raise BadRequest(f"{name} must be true or false, got {json.dumps(value)[:80]}", code="invalid_field")
+
     def avatar_id(self) -> str:
         """An avatar's id, or a name: 1–128 letters, digits, '-', '_', '.' (never a path)."""
         value = self.values.get("avatar_id")
@@ -148,7 +160,8 @@ def parse_generate(body: Body) -> GenerateRequest:
     options = body.options()
     which = body.one_of(MEDIA_FIELDS)
     avatar = {which: body.avatar_id() if which == "avatar_id" else body.media(which)}
-    return GenerateRequest(body.media("audio"), options, **avatar)
+    stream = body.flag("stream")
+    return GenerateRequest(body.media("audio"), options, stream=stream, **avatar)
 
 
 def parse_avatar(body: Body) -> AvatarRequest:

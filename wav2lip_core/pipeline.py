@@ -8,7 +8,8 @@ deadline and progress: the avatar says, per output frame, which source frame, bo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import numpy as np
 
@@ -17,10 +18,10 @@ from . import avatar as V
 from .compose import Paster
 from .config import Settings
 from .detect import FaceFinder
-from .errors import DeadlineExceeded
+from .dubbing import streamed
+from .errors import ClientGone, DeadlineExceeded
 from .generator import Generator
 from .schema import Options, Result
-from .stream import streamed
 from .video import Mp4Writer
 
 Progress = Callable[[int, int], None]  # (frames done, frames in total)
@@ -94,68 +95,124 @@ class LipSync:
 
         `deadline` is a time.monotonic() instant; `progress(done, total)` is called per batch; `clock`
         may carry stages timed before (a registered avatar's decode)."""
+        render = self.start(avatar, audio, options, deadline, progress, video, clock)
+        try:
+            for _ in render.batches():
+                pass
+            return render.result(render.finish())
+        finally:
+            render.close()
+
+    def start(
+        self,
+        avatar: V.Avatar | bytes,
+        audio: bytes | A.Audio,
+        options: Options,
+        deadline: float | None = None,
+        progress: Progress | None = None,
+        video: bool | None = None,
+        clock: Clock | None = None,
+        fragmented: bool = False,
+        gone: Callable[[], bool] | None = None,
+    ) -> Render:
+        """Everything before the first frame (decode, detect, audio, the encoder) → a `Render` to run
+        batch by batch; `fragmented` makes a streamable MP4 (`Render.writer.take()` after each batch).
+        `gone()` True (a streamed reply's client has left) stops the work with `ClientGone`."""
         clock = clock or Clock()
-        check = self._deadline(deadline)
+        check = self._check(deadline, gone)
         if isinstance(avatar, bytes):
             avatar = self.prepare(avatar, options, video, clock)
         sound = audio if isinstance(audio, A.Audio) else A.decode_audio(audio, self.settings.max_audio_seconds)
         clock.lap("decode")
-        fps = options.fps_or(avatar.fps)
-        n_frames = A.frame_count(sound.samples.shape[0], sound.sample_rate, fps)
-        mels = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), n_frames, fps)
-        clock.lap("mel")
         check()
-        s = self.settings
-        writer = Mp4Writer(avatar.width, avatar.height, fps, s.x264_preset, s.x264_crf, s.x264_params)
-        try:
-            writer.add_audio(sound)
-            clock.lap("audio")
-            self._render(avatar, mels, options, writer, clock, check, progress)
-            mp4 = writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
-        clock.lap("encode")
-        end = avatar.end_position(n_frames, options.loop, options.start_frame)
-        first = avatar.boxes[int(avatar.sequence(1, options.loop, options.start_frame)[0])]
-        return Result(mp4, sound.duration_s, fps, n_frames, avatar.width, avatar.height, first, avatar.face_source, clock.ms, end)
+        generator = self.generator if avatar.still else self.clip_generator()
+        return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented)
 
-    def _deadline(self, deadline: float | None) -> Callable[[], None]:
+    def _check(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
+        """What the render loop and the generator call between steps: the deadline, and whether anyone still listens."""
+
         def check() -> None:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"the request took longer than {self.settings.request_timeout_s:g} s and was stopped")
+            if gone is not None and gone():
+                raise ClientGone("the client closed the connection; the work was stopped")
 
         return check
 
-    def _render(
+
+class Render:
+    """One clip being made. Its frame count, size and first face box are known before any frame is;
+    `batches()` makes it (the one render loop), `finish()` closes the file, `close()` releases what is left."""
+
+    def __init__(
         self,
+        generator: Generator,
         avatar: V.Avatar,
-        mels: np.ndarray,
+        sound: A.Audio,
         options: Options,
-        writer: Mp4Writer,
+        settings: Settings,
         clock: Clock,
         check: Callable[[], None],
         progress: Progress | None,
-    ) -> None:
-        """The one render loop: per output frame, the avatar's source frame k gets the next mouth."""
-        index = avatar.sequence(len(mels), options.loop, options.start_frame)
+        fragmented: bool,
+    ):
+        self.generator, self.avatar, self.sound, self.options = generator, avatar, sound, options
+        self.clock, self.check, self.progress = clock, check, progress
+        self.fps = options.fps_or(avatar.fps)
+        self.frames = A.frame_count(sound.samples.shape[0], sound.sample_rate, self.fps)
+        self.mels = A.MelWindows(A.to_16k_mono(sound), self.frames, self.fps)  # columns computed as batches need them
+        clock.lap("mel")
+        s = settings
+        self.writer = Mp4Writer(avatar.width, avatar.height, self.fps, s.x264_preset, s.x264_crf, s.x264_params, fragmented=fragmented)
+        self.writer.add_audio(sound)
+        clock.lap("audio")
+        self.end_frame = avatar.end_position(self.frames, options.loop, options.start_frame)
+        self.face_box = avatar.boxes[int(avatar.sequence(1, options.loop, options.start_frame)[0])]
+        self._open = True
+
+    def batches(self) -> Iterator[int]:
+        """The one render loop: per output frame, the avatar's source frame k gets the next mouth.
+        Yields the frames written after each batch."""
+        avatar, writer, clock = self.avatar, self.writer, self.clock
+        index = avatar.sequence(self.frames, self.options.loop, self.options.start_frame)
         if avatar.still:
-            mouths_in = self.generator.run(mels, avatar.faces[0], check)
+            mouths_in = self.generator.run(self.mels, avatar.faces[0], self.check)
         else:
-            mouths_in = self.clip_generator().run(mels, avatar.faces, check, index=index)
+            mouths_in = self.generator.run(self.mels, avatar.faces, self.check, index=index)
         paster, shown = None, -1
-        for mouths in mouths_in:
-            clock.lap("infer")  # time spent waiting for the generator, not overlapped by the loop below
-            for mouth in mouths:
-                k = int(index[writer.frames])
-                if k != shown:  # a new background frame: a fresh buffer, converted whole by the writer
-                    paster, shown = Paster(avatar.frames[k], avatar.boxes[k], options.paste), k
-                    dirty = None
-                else:  # same background: only the mouth box changed since the last frame
-                    dirty = paster.box
-                frame = paster.paste(mouth)
-                clock.lap("paste")
-                writer.write(frame, dirty=dirty)
-                clock.lap("encode")
-            if progress is not None:
-                progress(writer.frames, len(mels))
+        with closing(mouths_in):  # abandoned early (an error, a client gone): in-flight batches finish first
+            for mouths in mouths_in:
+                clock.lap("infer")  # time spent waiting for the generator, not overlapped by the loop below
+                for mouth in mouths:
+                    k = int(index[writer.frames])
+                    if k != shown:  # a new background frame: a fresh buffer, converted whole by the writer
+                        paster, shown = Paster(avatar.frames[k], avatar.boxes[k], self.options.paste), k
+                        dirty = None
+                    else:  # same background: only the mouth box changed since the last frame
+                        dirty = paster.box
+                    frame = paster.paste(mouth)
+                    clock.lap("paste")
+                    writer.write(frame, dirty=dirty)
+                    clock.lap("encode")
+                if self.progress is not None:
+                    self.progress(writer.frames, self.frames)
+                yield writer.frames
+
+    def finish(self) -> bytes:
+        """Close the file after the last batch: the whole MP4, or a fragmented one's last bytes."""
+        data = self.writer.finish()
+        self._open = False
+        self.clock.lap("encode")
+        return data
+
+    def result(self, mp4: bytes) -> Result:
+        """What was made (`mp4` is b"" for a stream, whose bytes went out as they were made)."""
+        a = self.avatar
+        return Result(mp4, self.sound.duration_s, self.fps, self.frames, a.width, a.height, self.face_box, a.face_source,
+                      self.clock.ms, self.end_frame)  # fmt: skip
+
+    def close(self) -> None:
+        """Release the encoder if the file was not finished (an error, a deadline, a client gone)."""
+        if self._open:
+            self._open = False
+            self.writer.abort()

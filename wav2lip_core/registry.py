@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .api import TalkingHead
 from .avatar import Avatar
 from .errors import AvatarNotFound
 from .payload import GenerateRequest
-from .pipeline import Clock
+from .pipeline import Clock, Render
 from .schema import Options, Result
 from .store import AvatarStore
 from .video import Mp4Writer
@@ -70,8 +71,17 @@ class Registry:
         """A request's avatar is a registered id, a one-shot video, or an image (never told by the bytes alone)."""
         if req.avatar_id is not None:
             return self.render(req.avatar_id, req.audio, req.options, deadline)
-        media, video = (req.video, True) if req.video is not None else (req.image, False)
-        return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)  # type: ignore[arg-type]
+        media, video = _media(req)
+        return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)
+
+    def start(self, req: GenerateRequest, deadline: float | None = None, gone: Callable[[], bool] | None = None) -> Render:
+        """A request's clip as a fragmented MP4 made batch by batch (a streamed reply); decoding,
+        detection and the audio are done before this returns. `gone()` True stops it (the client left)."""
+        if req.avatar_id is not None:
+            avatar, clock = self._restore(req.avatar_id)
+            return self.head.lipsync.start(avatar, req.audio, req.options, deadline, clock=clock, fragmented=True, gone=gone)
+        media, video = _media(req)
+        return self.head.lipsync.start(media, req.audio, req.options, deadline, video=video, fragmented=True, gone=gone)
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page
@@ -96,9 +106,19 @@ class Registry:
 
     def render(self, ident: str, audio: bytes, options: Options, deadline: float | None = None) -> Result:
         """Lip-sync a registered avatar (by id or alias): the stored upload decoded again, its stored boxes, no detection."""
+        avatar, clock = self._restore(ident)
+        return self.head.lipsync.run(avatar, audio, options, deadline=deadline, clock=clock)
+
+    def _restore(self, ident: str) -> tuple[Avatar, Clock]:
+        """A registered avatar, ready to render, and the clock that timed its decoding."""
         ident = self.store.resolve(ident)  # once: the record and the media are then of the same avatar
         record = self.store.get(ident)
         clock = Clock()
         boxes = [tuple(b) for b in record["face_boxes"]]
         avatar = self.head.lipsync.restore(self.store.media(ident), record["kind"], boxes, record["fps"], clock)  # type: ignore[arg-type]
-        return self.head.lipsync.run(avatar, audio, options, deadline=deadline, clock=clock)
+        return avatar, clock
+
+
+def _media(req: GenerateRequest) -> tuple[bytes, bool]:
+    """An inline avatar's bytes and whether they are a video."""
+    return (req.video, True) if req.video is not None else (req.image, False)  # type: ignore[return-value]

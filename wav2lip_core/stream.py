@@ -1,119 +1,118 @@
-"""Dubbing-length videos (minutes of 720p/1080p, `loop: none`), streamed: never all frames in memory.
+"""A reply streamed as it is made (`"stream": true`): a fragmented MP4, a chunk per generator batch.
 
-Passes over the upload, each decoding forward and holding one frame. The first finds every frame's
-face box (downscaled for the detector, as for stills); a frame without a face takes the nearest
-frame's box; the boxes are smoothed as the original `inference.py` does. Then two cursors decode
-again while the video renders: one feeds the generator its face inputs (up to two batches ahead),
-the other the paste. Decoding twice costs ~4 ms a 1080p frame; holding the look-ahead would cost
-~200 MB. The result is an `Avatar` whose `frames` and `faces` are such lazy views.
+Everything that can fail early (the body, decoding, face detection, the gate, the first batch) runs
+before the headers, so those failures are the usual JSON errors. The headers carry what a client
+needs to know the stream is whole (`X-Frames`, `X-Duration`) and the codecs for Media Source
+Extensions. While frames are made the client's socket is looked at every few ms: a client gone (tab
+closed, barge-in, `AbortController.abort()`) cancels the batch in flight and frees the slot. A failure after the first byte is
+logged with the request id and cuts the connection: the chunked body then lacks its last, empty
+chunk, which every HTTP client reports as an error.
 """
 
 from __future__ import annotations
 
-import io
-import math
+import logging
+import socket
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
-import av
-import numpy as np
+from . import metrics
+from .errors import ClientGone
+from .pipeline import Render
 
-from .avatar import STILL_FPS, Avatar, fit_frames, smooth_boxes, track
-from .compose import face_input, fit_box
-from .detect import FaceFinder
-from .errors import LimitExceeded, UnsupportedMedia
-from .schema import Box, Options
+log = logging.getLogger("wav2lip.app")
 
 
-def _frames(data: bytes, max_pixels: int, max_seconds: float, max_output_side: int) -> tuple[Iterator[np.ndarray], float, tuple[int, int]]:
-    """Decoded, output-sized frames one at a time, and the video's frame rate; limits checked as they come."""
+@dataclass
+class StreamStats:
+    """What the access log and the metrics report of one stream, filled in as it goes."""
+
+    first_byte_s: float | None = None  # request start → first body byte handed to the server
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    outcome: str = "started"  # → completed | aborted | failed
+    error: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        ttfb = None if self.first_byte_s is None else round(self.first_byte_s * 1000, 1)
+        return {"stream": self.outcome, "ttfb_ms": ttfb, "frames_sent": self.frames_sent, "bytes_sent": self.bytes_sent} | (
+            {"stream_error": self.error} if self.error else {}
+        )
+
+
+@dataclass
+class StreamBody:
+    """The WSGI body of a streamed reply. It owns the render and the slot (`hold`) until `close()`,
+    which the server calls when the body is done or the client has gone."""
+
+    render: Render
+    hold: ExitStack  # the gate's slot and the in-flight gauge
+    started: float  # time.perf_counter() at the request's start
+    request_id: str
+    stats: StreamStats = field(default_factory=StreamStats)
+
+    def __post_init__(self) -> None:
+        self._batches = self.render.batches()
+        next(self._batches)  # the first batch, before any header: its errors are still JSON
+        self.first = self.render.writer.take()  # ftyp + empty moov + the first frames' fragments
+
+    @property
+    def content_type(self) -> str:
+        return f'video/mp4; codecs="{self.render.writer.codecs()}"'
+
+    def headers(self) -> dict[str, str]:
+        r = self.render
+        return {"X-Frames": str(r.frames), "X-Duration": f"{r.sound.duration_s:.3f}", "X-Fps": f"{r.fps:g}",
+                "X-Face-Box": ",".join(map(str, r.face_box)), "X-End-Frame": str(r.end_frame),
+                "Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # fmt: skip
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield self._sent(self.first)
+            for _ in self._batches:  # the render checks client_gone() every few ms: ClientGone when it left
+                yield self._sent(self.render.writer.take())
+            yield self._sent(self.render.finish())
+            self.stats.outcome = "completed"
+        except GeneratorExit:  # the server stopped: the client left while it was written to
+            self.stats.outcome = "aborted"
+            raise
+        except ClientGone:  # the render saw the client leave: stop, nobody reads an answer
+            self.stats.outcome = "aborted"
+        except Exception as e:
+            self.stats.outcome, self.stats.error = "failed", f"{type(e).__name__}: {e}"
+            log.exception("stream %s failed after %d frames: the connection is cut", self.request_id, self.stats.frames_sent)
+            raise
+
+    def _sent(self, data: bytes) -> bytes:
+        if self.stats.first_byte_s is None:
+            self.stats.first_byte_s = time.perf_counter() - self.started
+            metrics.FIRST_BYTE.observe(self.stats.first_byte_s)
+        self.stats.frames_sent = self.render.writer.frames
+        self.stats.bytes_sent += len(data)
+        return data
+
+    def close(self) -> None:
+        """Stop the work (in-flight batches finish first), release the encoder and the slot, count the outcome."""
+        try:
+            self._batches.close()
+            self.render.close()
+        finally:
+            self.hold.close()
+            if self.stats.outcome == "started":  # closed before the first chunk was asked for
+                self.stats.outcome = "aborted"
+            metrics.record_stream(self.stats.outcome, self.stats.frames_sent)
+
+
+def client_gone(client: socket.socket | None) -> bool:
+    """True when the client has closed its end (a read would give EOF) or reset the connection."""
+    if client is None:
+        return False
     try:
-        container = av.open(io.BytesIO(data))
-    except av.FFmpegError as e:
-        raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
-    if not container.streams.video:
-        container.close()
-        raise UnsupportedMedia("the video has no video track", code="bad_video")
-    stream = container.streams.video[0]
-    if stream.width * stream.height > max_pixels:
-        container.close()
-        raise LimitExceeded(f"video is {stream.width}×{stream.height}; the limit is {max_pixels} pixels", code="image_too_large")
-    fps = float(stream.average_rate or STILL_FPS)
-    limit = max(1, math.ceil(max_seconds * fps))
-
-    def frames() -> Iterator[np.ndarray]:
-        with container:
-            try:
-                for i, frame in enumerate(container.decode(stream)):
-                    if i >= limit:
-                        raise LimitExceeded(f"video is longer than {max_seconds:g} s (MAX_VIDEO_SECONDS)", code="video_too_long")
-                    yield fit_frames([frame.to_ndarray(format="bgr24")], max_output_side)[0][0]
-            except av.FFmpegError as e:
-                raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
-
-    return frames(), fps, (stream.width, stream.height)
-
-
-class _Cursor:
-    """One forward-only pass over the frames: holds only the current frame (and the first, for its size)."""
-
-    def __init__(self, frames: Iterator[np.ndarray], count: int):
-        self._frames = frames
-        self.count = count
-        self._k, self._frame = -1, np.empty(0)
-        self.first = self.get(0)
-
-    def get(self, k: int) -> np.ndarray:
-        if k == 0 and self._k > 0:
-            return self.first
-        if k < self._k:
-            raise IndexError(f"frame {k} was asked for after frame {self._k}: a streamed video is read forward only")
-        while self._k < k:
-            try:
-                self._frame = next(self._frames)
-            except StopIteration as e:  # fewer frames than the first pass counted: not the same upload
-                raise UnsupportedMedia(f"the video ended at frame {self._k + 1} of {self.count}", code="bad_video") from e
-            self._k += 1
-        return self._frame
-
-
-class LazyFrames:
-    """`avatar.frames` for the render loop, which asks for frames in order (the paste position)."""
-
-    def __init__(self, cursor: _Cursor):
-        self._cursor = cursor
-
-    def __len__(self) -> int:
-        return self._cursor.count
-
-    def __getitem__(self, k: int) -> np.ndarray:
-        return self._cursor.get(k)
-
-
-class LazyFaces:
-    """`avatar.faces` for the generator, which asks for frames in order too, up to two batches ahead of
-    the paste: its own decoding pass, so no frame is held for the look-ahead (at 1080p, 32 frames = 200 MB)."""
-
-    def __init__(self, cursor: _Cursor, boxes: list[Box]):
-        self._cursor = cursor
-        self._boxes = boxes
-
-    def __len__(self) -> int:
-        return self._cursor.count
-
-    def __getitem__(self, index: np.ndarray) -> np.ndarray:
-        return np.stack([face_input(self._cursor.get(int(k)), self._boxes[int(k)]) for k in np.atleast_1d(index)])
-
-
-def streamed(data: bytes, options: Options, finder: FaceFinder, max_pixels: int, max_seconds: float, max_output_side: int) -> Avatar:
-    """Pass one (boxes) now; pass two happens as the returned Avatar is rendered."""
-    frames, fps, (width, height) = _frames(data, max_pixels, max_seconds, max_output_side)
-    options.check_box(width, height)  # a box refers to the video as sent
-    if options.box is not None:
-        scale = max_output_side / max(width, height) if max_output_side and max(width, height) > max_output_side else 1.0
-        boxes, source = [fit_box(options.box, scale, f) for f in frames], "box"
-    else:
-        boxes, source = smooth_boxes(track(frames, options.pads, finder)), "detector"
-    if not boxes:
-        raise UnsupportedMedia("the video has no frames", code="bad_video")
-    cursor = lambda: _Cursor(_frames(data, max_pixels, max_seconds, max_output_side)[0], len(boxes))
-    return Avatar(LazyFrames(cursor()), tuple(boxes), LazyFaces(cursor(), boxes), fps, source, "video")  # type: ignore[arg-type]
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:  # nothing to read: still connected
+        return False
+    except OSError:  # reset, or a socket already closed: nobody is reading
+        return True

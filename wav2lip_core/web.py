@@ -27,7 +27,8 @@ access = logging.getLogger("wav2lip.access")
 
 DROP_IN = "compat"  # the blueprint of the drop-in routes (compat.py): API routes outside /api/
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed as given; anything else is replaced
-_CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": "X-Request-ID, Retry-After, X-Frames, X-Face-Box, X-End-Frame"}
+_EXPOSED = "X-Request-ID, Retry-After, X-Frames, X-Face-Box, X-End-Frame, X-Duration, X-Fps"
+_CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": _EXPOSED}
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST, GET, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Request-ID, Accept",
@@ -113,15 +114,23 @@ def allow_origin(origins: tuple[str, ...], resp: Response) -> Response:
 
 
 def log_access(resp: Response) -> Response:
-    """Count API responses in the metrics; log one structured line per request."""
-    seconds = time.perf_counter() - g.get("t0", time.perf_counter())
-    if is_api():
-        metrics.observe(resp.status_code, seconds)
+    """Count API responses in the metrics; log one structured line per request (a stream's when it ends)."""
+    started, api = g.get("t0", time.perf_counter()), is_api()
     fields = {"request_id": g.get("request_id"), "method": request.method, "path": request.path, "status": resp.status_code,
-              "bytes_in": request.content_length or 0, "bytes_out": resp.calculate_content_length() or 0,
-              "ms": round(seconds * 1000, 1), "pid": os.getpid()}  # fmt: skip
-    access.info("request", extra={"fields": fields | g.get("access_fields", {})})
+              "bytes_in": request.content_length or 0, "pid": os.getpid()} | g.get("access_fields", {})  # fmt: skip
+    stream = g.get("stream")
+    if stream is None:
+        _log_request(fields, api, started, resp.calculate_content_length() or 0)
+    else:  # the body is still to be made: count and log when the server closes it
+        resp.call_on_close(lambda: _log_request(fields | stream.fields(), api, started, stream.bytes_sent))
     return resp
+
+
+def _log_request(fields: dict[str, object], api: bool, started: float, bytes_out: int) -> None:
+    seconds = time.perf_counter() - started
+    if api:
+        metrics.observe(int(fields["status"]), seconds)  # type: ignore[call-overload]
+    access.info("request", extra={"fields": fields | {"bytes_out": bytes_out, "ms": round(seconds * 1000, 1)}})
 
 
 # ---------------------------------------------------------------- errors → JSON
