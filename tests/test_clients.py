@@ -300,8 +300,8 @@ def test_browser_plays_a_streamed_reply_as_it_arrives(avatar_page: tuple[Chromiu
     assert len(stream["samples"]) > 10 and abs(playback_rate(stream["samples"]) - 1) < 0.05, stream["samples"]
 
 
-def test_browser_interrupts_a_streamed_reply(avatar_page: tuple[Chromium, dict], tmp_path: Path) -> None:
-    """Barge-in: Interrupt aborts the fetch mid-stream; the idle loop resumes after the last frame shown."""
+def test_browser_interrupts_a_streamed_reply(avatar_page: tuple[Chromium, dict], server: Gunicorn, tmp_path: Path) -> None:
+    """Barge-in: Interrupt aborts the fetch mid-stream, the server stops; the idle loop resumes after the last frame shown."""
     browser, avatar = avatar_page
     (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(20.0)))  # 500 frames: still streaming when interrupted
     before = start_speaking(browser, speech)
@@ -317,6 +317,12 @@ def test_browser_interrupts_a_streamed_reply(avatar_page: tuple[Chromium, dict],
     assert round(resume["idleFrameOnScreen"]) == resume["endFrame"], resume
     assert state["phase"] == "idle" and "interrupted" in browser.evaluate("document.getElementById('status').textContent")
     idle_advances(browser, PERIOD, avatar["fps"])
+    request_id = state["lastRequest"]["requestId"]
+    deadline = time.monotonic() + 10
+    while not server.served_by([request_id]) and time.monotonic() < deadline:  # once the server sees the client gone
+        time.sleep(0.1)
+    record = next((r for r in server.log_records() if r.get("request_id") == request_id and r.get("logger") == "wav2lip.access"), None)
+    assert record is not None and record["stream"] == "aborted" and record["frames_sent"] < 500, record
 
 
 def test_browser_without_media_source_plays_the_whole_reply(avatar_page: tuple[Chromium, dict], tmp_path: Path) -> None:
