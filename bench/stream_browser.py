@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         result = first_frame_in_browser(args.url, args.image, args.audio, args.runs, args.chromium)
     else:
-        with tempfile.TemporaryDirectory(prefix="wav2lip-stream-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="wav2lip-stream-browser-") as tmp:
             env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(Path(tmp) / "avatars")}
             with Gunicorn(args.models, Path(tmp) / "gunicorn.log", env=env) as server:
                 result = first_frame_in_browser(server.url, args.image, args.audio, args.runs, args.chromium)
