@@ -22,6 +22,7 @@ from helpers import make_settings
 from harness import ASSETS
 from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
+from harness.page import PAGE_ORIGIN
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
@@ -92,6 +93,6 @@ def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """Default configuration (1 worker) with a small queue so overload is reachable in tests."""
     log = tmp_path_factory.mktemp("logs") / "gunicorn.log"
     avatars = tmp_path_factory.mktemp("avatars")  # registered avatars: not the checkout's avatars/
-    env = {"CORS_ORIGINS": "http://localhost:8123,null", "AVATAR_DIR": str(avatars)}
+    env = {"CORS_ORIGINS": f"{PAGE_ORIGIN},null", "AVATAR_DIR": str(avatars)}
     with Gunicorn(ir_blazeface, log, env=env, ready_timeout_s=120) as s:
         yield s

@@ -1,7 +1,8 @@
 """The shipped clients against the real server: the Node CLI (an MP4, an error JSON, 503 + Retry-After,
 avatars registered once and used by id, multipart bodies, a streamed MP4: written as it comes, cut,
-aborted) and the browser page in headless Chromium
-(a registered video avatar that idles, cuts to a lip-synced clip at the idle loop's position and back).
+aborted) and the browser page in headless Chromium (a registered video avatar that idles, cuts to a
+lip-synced reply at the idle loop's position and back; the reply streamed with Media Source
+Extensions, interrupted mid-stream, or played whole from a Blob).
 
 node and chromium are required, not optional: when either is missing these tests fail (CI installs both).
 """
@@ -9,7 +10,6 @@ node and chromium are required, not optional: when either is missing these tests
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import re
@@ -24,20 +24,20 @@ from email import policy
 from email.parser import BytesParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
 
 import av
 import pytest
-from cdp import Chromium
 from helpers import decode_mp4, idle_clip, speech_s, wav
 
 from harness import ROOT
+from harness.cdp import Chromium
 from harness.gunicorn import Gunicorn
+from harness.page import PAGE_ORIGIN, PAGE_PORT, open_page, playback_rate, serve_page, start_speaking, stream_timings, wait_idle
 
 NODE_CLI = ROOT / "clients" / "node" / "lipsync.mjs"
 STREAM_ABORT = ROOT / "tests" / "node" / "stream_abort.mjs"  # generateStream aborted after its first chunk
-PAGE_PORT = 8123  # the server fixture's CORS_ORIGINS allows http://localhost:8123
-CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES), a loop of 38 positions
+CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES)
+PERIOD = 2 * CLIP_FRAMES - 2  # their pingpong loop: 38 positions
 SPEECH_S = 6.4  # test_assets/speech.wav: 102400 samples at 16 kHz → 160 frames at 25 fps
 
 
@@ -312,25 +312,11 @@ def test_node_cli_stream_cut_leaves_no_file(node: str, stub: Stub, assets: Path,
 @pytest.fixture
 def page_origin() -> Iterator[str]:
     """http://localhost:8123 (the server fixture's CORS origin) serving clients/browser/."""
-
-    class Handler(SimpleHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if not self.path.startswith("/clients/browser/"):
-                self.send_error(404)
-                return
-            super().do_GET()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
     try:
-        httpd = ThreadingHTTPServer(("127.0.0.1", PAGE_PORT), functools.partial(Handler, directory=str(ROOT)))
+        with serve_page() as origin:
+            yield origin
     except OSError as e:
-        pytest.fail(f"port {PAGE_PORT} is taken ({e}); the page must be served from http://localhost:{PAGE_PORT}, the CORS origin")
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://localhost:{PAGE_PORT}"
-    httpd.shutdown()
-    httpd.server_close()
+        pytest.fail(f"port {PAGE_PORT} is taken ({e}); the page must be served from {PAGE_ORIGIN}, the CORS origin")
 
 
 def loop_distance(a: float, b: float, period: int) -> float:
@@ -348,56 +334,134 @@ def idle_advances(browser: Chromium, period: int, fps: float, wait_s: float = 0.
     assert not (paused0 or paused1) and abs(moved - (t1 - t0) * fps) <= 2, (p0, p1, t1 - t0)
 
 
-def speak_and_check(browser: Chromium, speech: Path, period: int) -> list[dict]:
-    """Choose `speech` in the page's audio input, wait until it is idle again; assert the cut, the clip and the resume.
-    Returns the page's events of this speech."""
-    before = len(browser.evaluate("lipsyncState.events"))
-    browser.set_files("#audio-file", speech)
-    browser.wait_for(f"lipsyncState.events.slice({before}).some(e => e.event === 'resume' || e.event === 'error')", timeout_s=30)
-    state = browser.evaluate("lipsyncState")
-    assert state["phase"] == "idle", state["events"][before:]
+def speak_and_check(browser: Chromium, speech: Path, frames: int) -> dict:
+    """Choose `speech` in the page's audio input, wait until it is idle again; assert the cut, the reply of
+    `frames` frames and the resume. Returns the page's state, with the events of this speech."""
+    state = wait_idle(browser, start_speaking(browser, speech))
+    assert state["phase"] == "idle" and not any(e["event"] == "error" for e in state["events"]), state["events"]
     cut, clip, resume, fps = state["lastCut"], state["lastClip"], state["lastResume"], state["avatar"]["fps"]
     start = state["lastRequest"]["startFrame"]
     # the cut: at the swap the idle loop's position (from its currentTime) is the clip's start_frame, and
     # the last idle frame handed to the screen (requestVideoFrameCallback) the one before it (or that one)
     assert cut["clipStart"] == clip["start"] == start
-    assert abs(loop_distance(cut["idleTime"] * fps, start, period)) <= 1, cut
-    assert 0 <= loop_distance(start, round(cut["idleFrameOnScreen"]), period) <= 1, cut
-    # the clip: 1 s of speech played to its last frame, with sound, no error; end_frame is the loop's
-    assert clip["frames"] == 25 and clip["endFrame"] == (start + clip["frames"]) % period, clip
+    assert abs(loop_distance(cut["idleTime"] * fps, start, PERIOD)) <= 1, cut
+    assert 0 <= loop_distance(start, round(cut["idleFrameOnScreen"]), PERIOD) <= 1, cut
+    # the clip: the speech played to its last frame, with sound, no error; end_frame is the loop's
+    assert clip["frames"] == frames and clip["endFrame"] == (start + frames) % PERIOD, clip
     assert re.fullmatch(r"[0-9a-f]{32}", clip["requestId"]), clip  # X-Request-ID, X-Frames, X-End-Frame: exposed by CORS
     assert clip["error"] is None and not clip["muted"] and clip["audioBytes"] > 0, clip
-    assert clip["currentTime"] >= (clip["frames"] - 0.5) / fps and round(resume["clipFrameOnScreen"]) == clip["frames"] - 1, (clip, resume)
+    assert clip["currentTime"] >= (frames - 0.5) / fps and round(resume["clipFrameOnScreen"]) == frames - 1, (clip, resume)
     # the resume: the idle loop again, at end_frame, and moving on
-    assert abs(loop_distance(resume["idleTime"] * fps, clip["endFrame"], period)) <= 1, resume
+    assert resume["outcome"] == "complete" and resume["framesShown"] == frames, resume
+    assert abs(loop_distance(resume["idleTime"] * fps, clip["endFrame"], PERIOD)) <= 1, resume
     assert round(resume["idleFrameOnScreen"]) == clip["endFrame"], resume
-    idle_advances(browser, period, fps)
+    idle_advances(browser, PERIOD, fps)
     request = state["lastRequest"]
     print(f"cut at {cut['position']:.3f} for start_frame {start}: {cut['errorFrames']:+.3f} frames", end="; ")
-    print(f"clip ready in {request['readyMs']} ms, estimated {request['estimateMs']} ms")
-    return state["events"][before:]
+    print(f"clip ready in {request['readyMs']} ms, estimated {request['estimateMs']} ms; {stream_timings(state['lastStream'])}")
+    return state
 
 
-def test_browser_avatar_cuts_in_and_out_of_its_idle_loop(chromium: str, server: Gunicorn, page_origin: str, tmp_path: Path) -> None:
-    clip_mp4, speech = tmp_path / "idle.mp4", tmp_path / "speech.wav"
-    clip_mp4.write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES)[0])
-    speech.write_bytes(wav(speech_s(1.0)))  # 25 frames at 25 fps
-    period = 2 * CLIP_FRAMES - 2  # pingpong
+def open_avatar(browser: Chromium, page_origin: str, server_url: str, tmp_path: Path) -> dict:
+    """The page on `server_url`, idling with a 320×240 video avatar registered through its file input; the avatar."""
+    (clip_mp4 := tmp_path / "idle.mp4").write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES)[0])
+    avatar = open_page(browser, page_origin, server_url, clip_mp4)
+    assert (avatar["kind"], avatar["frames"], avatar["width"], avatar["height"]) == ("video", CLIP_FRAMES, 320, 240), avatar
+    idle_advances(browser, PERIOD, avatar["fps"])
+    return avatar
+
+
+@pytest.fixture
+def avatar_page(chromium: str, server: Gunicorn, page_origin: str, tmp_path: Path) -> Iterator[tuple[Chromium, dict]]:
+    """The page in headless Chromium, idling with its video avatar on the server fixture."""
     with Chromium(chromium, tmp_path) as browser:
-        browser.navigate(f"{page_origin}/clients/browser/index.html?server={quote(server.url)}")
-        browser.wait_for("window.lipsyncState?.phase === 'starting' && document.readyState === 'complete'", timeout_s=20)
-        browser.set_files("#avatar-file", clip_mp4)  # registered through the page's file input
-        phase = browser.wait_for("['idle', 'error'].includes(lipsyncState.phase) && lipsyncState.phase", timeout_s=60)
-        assert phase == "idle", browser.evaluate("lipsyncState.events")
-        avatar = browser.evaluate("lipsyncState.avatar")
-        assert (avatar["kind"], avatar["frames"], avatar["width"], avatar["height"]) == ("video", CLIP_FRAMES, 320, 240), avatar
-        idle_advances(browser, period, avatar["fps"])
+        yield browser, open_avatar(browser, page_origin, server.url, tmp_path)
 
-        speak_and_check(browser, speech, period)  # the first guess of the generation time
-        browser.evaluate("lipsyncState.estimateMs = 0")  # the clip is then late: the page waits for the next turn (or asks again)
-        assert any(e["event"] == "late" for e in speak_and_check(browser, speech, period))
 
-        browser.send("Page.reload")  # the page put ?avatar=<id> in its URL: it idles without registering again
-        same_avatar = f"window.lipsyncState?.avatar?.avatar_id === {json.dumps(avatar['avatar_id'])}"
-        browser.wait_for(f"{same_avatar} && lipsyncState.phase === 'idle'", timeout_s=20)
-        assert not any(e["event"] == "registered" for e in browser.evaluate("lipsyncState.events"))
+def test_browser_avatar_cuts_in_and_out_of_its_idle_loop(avatar_page: tuple[Chromium, dict], tmp_path: Path) -> None:
+    browser, avatar = avatar_page
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(1.0)))  # 25 frames at 25 fps
+    speak_and_check(browser, speech, 25)  # the first guess of the generation time
+    browser.evaluate("lipsyncState.estimateMs = 0")  # the clip is then late: the page waits for the next turn (or asks again)
+    assert any(e["event"] == "late" for e in speak_and_check(browser, speech, 25)["events"])
+
+    browser.send("Page.reload")  # the page put ?avatar=<id> in its URL: it idles without registering again
+    same_avatar = f"window.lipsyncState?.avatar?.avatar_id === {json.dumps(avatar['avatar_id'])}"
+    browser.wait_for(f"{same_avatar} && lipsyncState.phase === 'idle'", timeout_s=20)
+    assert not any(e["event"] == "registered" for e in browser.evaluate("lipsyncState.events"))
+
+
+def test_browser_plays_a_streamed_reply_as_it_arrives(avatar_page: tuple[Chromium, dict], assets: Path) -> None:
+    """Media Source Extensions: the first frame is on screen while the rest still arrives; every frame of
+    X-Frames arrives and plays, as long as the audio, never waiting for data, at the wall clock's pace."""
+    browser, _ = avatar_page
+    state = speak_and_check(browser, assets / "speech.wav", round(SPEECH_S * 25))
+    stream, clip = state["lastStream"], state["lastClip"]
+    assert (stream["path"], stream["outcome"], stream["error"]) == ("mse", "complete", None), stream
+    assert re.fullmatch(r'video/mp4; codecs="avc1\.[0-9a-f]{6}, mp4a\.40\.2"', stream["type"]), stream["type"]
+    assert stream["framesReceived"] == stream["framesExpected"] == clip["frames"], stream
+    order = ["requestAt", "headersAt", "firstByteAt", "readyAt", "cutAt", "firstFrameAt"]  # first byte, decodable, cut, on screen
+    assert [stream[k] for k in order] == sorted(stream[k] for k in order), stream
+    assert stream["readyAt"] < stream["doneAt"] and stream["chunks"] > 1, stream  # playable before the body's end
+    assert abs(clip["duration"] - clip["durationS"]) < 1 / clip["fps"], clip  # X-Duration: the media's, once the stream ended
+    assert stream["waiting"] == 0, [e for e in state["events"] if e["event"] == "stall"]
+    assert len(stream["samples"]) > 10 and abs(playback_rate(stream["samples"]) - 1) < 0.05, stream["samples"]
+
+
+def test_browser_interrupts_a_streamed_reply(avatar_page: tuple[Chromium, dict], server: Gunicorn, tmp_path: Path) -> None:
+    """Barge-in: Interrupt aborts the fetch mid-stream, the server stops; the idle loop resumes after the last frame shown."""
+    browser, avatar = avatar_page
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(20.0)))  # 500 frames: still streaming when interrupted
+    before = start_speaking(browser, speech)
+    browser.wait_for("lipsyncState.phase === 'talking'", timeout_s=30)
+    browser.evaluate("document.getElementById('interrupt').click()")
+    state = wait_idle(browser, before)
+    stream, resume, start = state["lastStream"], state["lastResume"], state["lastRequest"]["startFrame"]
+    assert (stream["path"], stream["outcome"]) == ("mse", "aborted") and 0 < stream["framesReceived"] < stream["framesExpected"], stream
+    assert resume["outcome"] == "aborted" and 1 <= resume["framesShown"] <= stream["framesReceived"], resume
+    # the idle loop follows the last frame shown: on screen, the reply's frame k, then the loop's start + k + 1
+    assert round(resume["clipFrameOnScreen"]) == resume["framesShown"] - 1, resume
+    assert resume["endFrame"] == (start + resume["framesShown"]) % PERIOD, resume
+    assert round(resume["idleFrameOnScreen"]) == resume["endFrame"], resume
+    assert state["phase"] == "idle" and "interrupted" in browser.evaluate("document.getElementById('status').textContent")
+    idle_advances(browser, PERIOD, avatar["fps"])
+    request_id = state["lastRequest"]["requestId"]
+    deadline = time.monotonic() + 10
+    while not server.served_by([request_id]) and time.monotonic() < deadline:  # once the server sees the client gone
+        time.sleep(0.1)
+    record = next((r for r in server.log_records() if r.get("request_id") == request_id and r.get("logger") == "wav2lip.access"), None)
+    assert record is not None and record["stream"] == "aborted" and record["frames_sent"] < 500, record
+
+
+def test_browser_without_media_source_plays_the_whole_reply(avatar_page: tuple[Chromium, dict], tmp_path: Path) -> None:
+    """No Media Source Extensions: the streamed body is read whole and played from a Blob URL, cut and resumed alike."""
+    browser, _ = avatar_page
+    assert browser.evaluate("delete window.MediaSource && window.MediaSource === undefined")
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(1.0)))
+    stream = speak_and_check(browser, speech, 25)["lastStream"]
+    assert (stream["path"], stream["outcome"], stream["framesReceived"]) == ("blob", "complete", 25), stream
+    assert stream["firstByteAt"] <= stream["doneAt"] <= stream["readyAt"], stream  # the whole body, then played
+
+
+@pytest.fixture(scope="module")
+def hasty_server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    """A server whose deadline (REQUEST_TIMEOUT_S) passes while a long reply streams: it then cuts the connection."""
+    env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(tmp_path_factory.mktemp("avatars")), "REQUEST_TIMEOUT_S": "4"}
+    with Gunicorn(ir_blazeface, tmp_path_factory.mktemp("logs") / "gunicorn.log", env=env, ready_timeout_s=120) as s:
+        yield s
+
+
+def test_browser_shows_a_reply_cut_short(chromium: str, hasty_server: Gunicorn, page_origin: str, tmp_path: Path) -> None:
+    """The body ends without its last chunk: the page plays every frame that came, says the reply was cut,
+    and resumes the idle loop after the last of them."""
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(60.0)))  # 1500 frames: far more than 4 s of work makes
+    with Chromium(chromium, tmp_path) as browser:
+        open_avatar(browser, page_origin, hasty_server.url, tmp_path)
+        state = wait_idle(browser, start_speaking(browser, speech))
+        status = browser.evaluate("document.getElementById('status').textContent")
+    stream, resume, start = state["lastStream"], state["lastResume"], state["lastRequest"]["startFrame"]
+    assert (stream["path"], stream["outcome"]) == ("mse", "cut") and 0 < stream["framesReceived"] < stream["framesExpected"], stream
+    assert resume["outcome"] == "cut" and resume["framesShown"] == stream["framesReceived"], resume
+    assert resume["endFrame"] == (start + resume["framesShown"]) % PERIOD, resume
+    assert round(resume["idleFrameOnScreen"]) == resume["endFrame"], resume
+    assert state["phase"] == "idle" and "the reply was cut" in status, status

@@ -1,5 +1,5 @@
 """Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`): the
-tests evaluate JavaScript in the page and fill its file inputs, with no websocket library and no
+tests and the bench evaluate JavaScript in the page and fill its file inputs, with no websocket library and no
 debugging port. Chromium reads commands on fd 3 and writes answers and events on fd 4, each a JSON
 object ending with a NUL byte.
 
@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ class Chromium:
         self._next_id = 0
         self._buffer = b""
         self._session: str | None = None
+        self._tmp: str | None = None
 
     def __enter__(self) -> Chromium:
         to_chrome, self._to_chrome = os.pipe()
@@ -49,11 +52,16 @@ class Chromium:
         argv = [self.exe, *FLAGS, f"--user-data-dir={self.workdir / 'profile'}", "about:blank"]
         dup2 = [(os.POSIX_SPAWN_DUP2, to_chrome, 3), (os.POSIX_SPAWN_DUP2, from_chrome, 4), (os.POSIX_SPAWN_DUP2, log, 1),
                 (os.POSIX_SPAWN_DUP2, log, 2)]  # fmt: skip
+        # its temporary files (which SIGKILL leaves behind) in a folder close() removes; a short path, as
+        # Chromium puts sockets there (108 bytes at most)
+        self._tmp = tempfile.mkdtemp(prefix="chromium-")
         try:
-            self.pid = os.posix_spawn(self.exe, argv, os.environ, file_actions=dup2, setsid=True)  # its own group: killed whole
+            env = os.environ | {"TMPDIR": self._tmp}
+            self.pid = os.posix_spawn(self.exe, argv, env, file_actions=dup2, setsid=True)  # its own group: killed whole
         except OSError:
             os.close(self._to_chrome)
             os.close(self._from_chrome)
+            self._remove_tmp()
             raise
         finally:
             for fd in (to_chrome, from_chrome, log):
@@ -79,6 +87,12 @@ class Chromium:
             self.pid = 0
             os.close(self._to_chrome)
             os.close(self._from_chrome)
+        self._remove_tmp()
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp)
+            self._tmp = None
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
         """One command (on the page's session once attached); its result."""
