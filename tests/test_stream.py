@@ -135,8 +135,8 @@ def test_stream_flag_refuses_anything_else_in_json(value: object) -> None:
 
 @pytest.mark.parametrize("rate", [16000, 22050, 48000])
 def test_fragmented_and_whole_writers_hold_the_same_packets(rate: int) -> None:
-    """Same H.264 and AAC packets in both layouts; the fragmented one, which cannot start audio at the
-    encoder's negative priming time, shifts both tracks alike: the audio still starts with frame 0."""
+    """Same H.264 and AAC packets at the same times in both layouts: frame k at k/fps, the audio after
+    the AAC encoder's priming starting with frame 0."""
     rng = np.random.default_rng(7)
     sound = Audio((rng.standard_normal((rate, 1)) * 0.1).astype(np.float32), rate)
     s = Settings()
@@ -149,16 +149,16 @@ def test_fragmented_and_whole_writers_hold_the_same_packets(rate: int) -> None:
             w.write(np.full((48, 64, 3), k * 9, np.uint8))
             parts.append(w.take() if fragmented else b"")
         files.append(b"".join(parts) + w.finish())
-    layouts, lags = [], []
+    layouts = []
     for data in files:
         with av.open(io.BytesIO(data)) as c:
             packets = [p for p in c.demux() if p.size]
-            streams = {kind: [p for p in packets if p.stream.type == kind] for kind in ("video", "audio")}
-            layouts.append({kind: [bytes(p) for p in ps] for kind, ps in streams.items()})
-            audio, video = streams["audio"][1], streams["video"][1]  # after the priming packet and the first frame
-            lags.append(float(video.pts * video.time_base - audio.pts * audio.time_base))
+            layouts.append(
+                {kind: [(float(p.pts * p.time_base), bytes(p)) for p in packets if p.stream.type == kind] for kind in ("video", "audio")}
+            )
     assert layouts[0] == layouts[1]
-    assert lags[0] == pytest.approx(1 / FPS, abs=1e-3) and lags[1] == pytest.approx(lags[0], abs=1e-3), lags  # A/V sync kept
+    video, audio = ([t for t, _ in layouts[1][kind]] for kind in ("video", "audio"))
+    assert video == pytest.approx([k / FPS for k in range(FPS)]) and audio[0] < 0 and audio[1] == 0  # priming before 0
     assert top_level_boxes(files[1])[:3] == ["ftyp", "moov", "moof"]
 
 
@@ -212,9 +212,9 @@ def test_a_client_that_leaves_stops_the_work_and_frees_the_slot(server: Gunicorn
     metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     metrics.request("GET", "/metrics")
     text = metrics.getresponse().read().decode()
-    assert re.search(r'lipsync_streams_total\{outcome="aborted"\} [3-9]', text), text[-2000:]
-    assert re.search(r"lipsync_stream_first_byte_seconds_count [4-9]", text)
-    assert re.search(r"lipsync_in_flight_requests \S*0\.0", text)
+    value = lambda name: float(re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE).group(1))
+    assert value('lipsync_streams_total{outcome="aborted"}') >= 3 and value('lipsync_streams_total{outcome="completed"}') >= 1
+    assert value("lipsync_stream_first_byte_seconds_count") >= 4 and value("lipsync_in_flight_requests") == 0
 
 
 def test_a_failure_after_the_first_byte_cuts_the_connection(ir_blazeface: Path, assets: Path, tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Frames + audio → H.264 (yuv420p) / AAC in MP4, in memory, with PyAV (no temp files, no ffmpeg).
 
 Frames are encoded as they are made: nothing holds the whole clip. The audio track is encoded a
-little ahead of the video, so a fragmented MP4 (`fragmented=True`: an empty `moov`, then a
-`moof`+`mdat` per frame, for streaming) carries the sound of each frame with it; `take()` hands
+little ahead of the video, so a fragmented MP4 (`fragmented=True`: a `moov` without samples, then
+a `moof`+`mdat` per frame, for streaming) carries the sound of each frame with it; `take()` hands
 out the bytes written so far. Both layouts hold the same H.264 and AAC packets. x264 runs with no
 B-frames and no lookahead (config.py's X264_PARAMS): a frame's packet leaves the encoder at once.
 """
@@ -25,7 +25,9 @@ AAC_RATES = (32000, 44100, 48000, 64000, 88200, 96000)
 AAC_FRAME = 1024  # samples per AAC frame
 AUDIO_CHUNK = AAC_FRAME * 4  # samples encoded at a time
 AUDIO_LEAD_S = 0.25  # audio encoded this far ahead of the video: covers the AAC encoder's delay
-FRAGMENTED = {"movflags": "empty_moov+default_base_moof+skip_trailer", "frag_duration": "1"}  # a fragment per frame
+# A fragment per frame; the moov written with the first one (delay_moov), so it carries the edit list that
+# starts the audio after the AAC encoder's priming: both tracks keep the whole file's timeline, frame k at k/fps.
+FRAGMENTED = {"movflags": "delay_moov+default_base_moof+skip_trailer", "frag_duration": "1"}
 
 
 def _planes(i420: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
