@@ -153,8 +153,14 @@ def _dechunk(raw: bytes) -> bytes:
     return out
 
 
-def records(server: Gunicorn) -> dict[str, dict]:
-    return {r["request_id"]: r for r in server.log_records() if r.get("message") == "request"}
+def records(server: Gunicorn, wanted: list[str], timeout_s: float = 10.0) -> dict[str, dict]:
+    """The access-log lines of `wanted` request ids (a stream's line is written just after its last byte)."""
+    t0 = time.monotonic()
+    while True:
+        found = {r["request_id"]: r for r in server.log_records() if r.get("message") == "request" and r["request_id"] in wanted}
+        if len(found) == len(set(wanted)) or time.monotonic() - t0 > timeout_s:
+            return found
+        time.sleep(0.05)
 
 
 def barge_in(server: Gunicorn, worker: int, n: int, batch_ms: float) -> dict[str, object]:
@@ -167,7 +173,7 @@ def barge_in(server: Gunicorn, worker: int, n: int, batch_ms: float) -> dict[str
     last = timed_stream(server.port, body(tts_like(1.0)))  # the request after the last abort runs to its end
     time.sleep(SETTLE_S)
     after = worker_state(worker)
-    log = records(server)
+    log = records(server, [*ids, last["request_id"]])
     waits = [log[i]["wait_ms"] for i in ids[1:]] + [log[last["request_id"]]["wait_ms"]]  # each waited for the previous abort
     sent = [log[i]["frames_sent"] for i in ids]
     return {"aborts": n, "outcomes": sorted({log[i]["stream"] for i in ids}), "frames_sent_max": max(sent), "frames_per_stream": 500,
@@ -179,7 +185,7 @@ def barge_in(server: Gunicorn, worker: int, n: int, batch_ms: float) -> dict[str
 def batch_time_ms(server: Gunicorn) -> float:
     """One batch's time on this server: a whole 6 s reply's generation time (infer, paste, encode) ÷ its batches."""
     _, request_id = whole(server.port, body(tts_like(6.0), stream=False))
-    r = records(server)[request_id]
+    r = records(server, [request_id])[request_id]
     work = sum(r["timings_ms"][k] for k in ("infer", "paste", "encode"))
     return work / math.ceil(r["frames"] / Settings().batch_size)
 
@@ -221,7 +227,7 @@ def measure(srv: Gunicorn, args: argparse.Namespace, tmp: Path, res: dict[str, A
     for seconds in LENGTHS_S:
         key, audio = f"{seconds:g}s", tts_like(seconds)
         runs = [timed_stream(srv.port, body(audio)) for _ in range(args.runs)]
-        server_side = records(srv)
+        server_side = records(srv, [r["request_id"] for r in runs])
         res["ttfb"][key] = {k: {"median": statistics.median(r[k] for r in runs), "max": max(r[k] for r in runs)}
                             for k in ("first_byte_s", "first_fragment_s", "total_s")} | {
             "server_ttfb_ms": [server_side[r["request_id"]]["ttfb_ms"] for r in runs], "frames": runs[0]["frames"]}  # fmt: skip

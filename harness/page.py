@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import soundfile as sf
+
 from harness import ROOT
 from harness.cdp import Chromium
 
@@ -90,8 +92,9 @@ def wait_idle(browser: Chromium, before: int, timeout_s: float = SPEAK_TIMEOUT_S
 
 
 def speak(browser: Chromium, audio: Path) -> dict[str, Any]:
-    """Make the page say `audio`; its state once idle again (PageError if speaking failed)."""
-    state = wait_idle(browser, start_speaking(browser, audio))
+    """Make the page say `audio`; its state once idle again (PageError if speaking failed). The wait is
+    bounded by the speech's own length (it plays in real time) plus SPEAK_TIMEOUT_S."""
+    state = wait_idle(browser, start_speaking(browser, audio), SPEAK_TIMEOUT_S + sf.info(str(audio)).duration)
     if state["phase"] != "idle" or any(e["event"] == "error" for e in state["events"]):
         raise PageError(f"speaking {audio.name} failed: {json.dumps(state['events'])}")
     return state
