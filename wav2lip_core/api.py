@@ -130,7 +130,7 @@ class TalkingHead:
         video = sniffed if video is None else video
         t0 = time.perf_counter()
         sound = _audio(audio, self.settings.max_audio_seconds)
-        result = self.lipsync.run(source, sound, options, deadline=deadline, progress=progress, video=video)
+        result = self.lipsync.start(source, sound, options, deadline, progress, video).complete()
         if self._cost is not None:
             self._cost.observe(result.frames, result.width * result.height, time.perf_counter() - t0)
         if out is not None:

@@ -66,7 +66,7 @@ class CostModel:
             frames = batches * lipsync.generator.batch
             samples = (0.1 * rng.standard_normal((round(frames / STILL_FPS * SAMPLE_RATE), 1))).astype(np.float32)
             t0 = time.perf_counter()
-            lipsync.run(avatar, Audio(samples, SAMPLE_RATE), Options())
+            lipsync.start(avatar, Audio(samples, SAMPLE_RATE), Options()).complete()
             times.append((frames, time.perf_counter() - t0))
         (n1, t1), (n2, t2) = times
         per_frame = max((t2 - t1) / (n2 - n1), 1e-4)

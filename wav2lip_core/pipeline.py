@@ -1,8 +1,10 @@
 """The data path, top to bottom: avatar → audio → mel → one render loop (generator → paste → MP4).
 
-`LipSync` receives compiled parts (from `runtime.Runtime`) and only runs them; `run()` serves one
-request and may be called from several threads. Still images and clips share the same loop,
-deadline and progress: the avatar says, per output frame, which source frame, box and face input.
+`LipSync` receives compiled parts (from `runtime.Runtime`) and only runs them; `start()` does a
+request's work before its first frame and may be called from several threads. The `Render` it gives
+makes the clip: whole (`complete()`) or batch by batch for a stream (`batches()`). Still images and
+clips share the same loop, deadline and progress: the avatar says, per output frame, which source
+frame, box and face input.
 """
 
 from __future__ import annotations
@@ -81,28 +83,6 @@ class LipSync:
             clock.lap("decode")
         return avatar
 
-    def run(
-        self,
-        avatar: V.Avatar | bytes,
-        audio: bytes | A.Audio,
-        options: Options,
-        deadline: float | None = None,
-        progress: Progress | None = None,
-        video: bool | None = None,
-        clock: Clock | None = None,
-    ) -> Result:
-        """One clip: avatar (prepared, or media bytes: `video` None = told by the bytes) + audio → MP4.
-
-        `deadline` is a time.monotonic() instant; `progress(done, total)` is called per batch; `clock`
-        may carry stages timed before (a registered avatar's decode)."""
-        render = self.start(avatar, audio, options, deadline, progress, video, clock)
-        try:
-            for _ in render.batches():
-                pass
-            return render.result(render.finish())
-        finally:
-            render.close()
-
     def start(
         self,
         avatar: V.Avatar | bytes,
@@ -115,9 +95,14 @@ class LipSync:
         fragmented: bool = False,
         gone: Callable[[], bool] | None = None,
     ) -> Render:
-        """Everything before the first frame (decode, detect, audio, the encoder) → a `Render` to run
-        batch by batch; `fragmented` makes a streamable MP4 (`Render.writer.take()` after each batch).
-        `gone()` True (a streamed reply's client has left) stops the work with `ClientGone`."""
+        """Everything before the first frame (decode, detect, audio, the encoder) → a `Render`:
+        `.complete()` makes the whole MP4, or `.batches()` makes it batch by batch (a stream).
+
+        `avatar` is prepared, or media bytes (`video` None = told by the bytes); `deadline` is a
+        time.monotonic() instant; `progress(done, total)` is called per batch; `clock` may carry stages
+        timed before (a registered avatar's decode); `fragmented` makes a streamable MP4
+        (`Render.writer.take()` after each batch); `gone()` True (a streamed reply's client has left)
+        stops the work with `ClientGone`."""
         clock = clock or Clock()
         check = self._check(deadline, gone)
         if isinstance(avatar, bytes):
@@ -197,6 +182,15 @@ class Render:
                 if self.progress is not None:
                     self.progress(writer.frames, self.frames)
                 yield writer.frames
+
+    def complete(self) -> Result:
+        """Make every frame and close the file: the whole MP4 and what it is."""
+        try:
+            for _ in self.batches():
+                pass
+            return self.result(self.finish())
+        finally:
+            self.close()
 
     def finish(self) -> bytes:
         """Close the file after the last batch: the whole MP4, or a fragmented one's last bytes."""

@@ -107,7 +107,7 @@ class Registry:
     def render(self, ident: str, audio: bytes, options: Options, deadline: float | None = None) -> Result:
         """Lip-sync a registered avatar (by id or alias): the stored upload decoded again, its stored boxes, no detection."""
         avatar, clock = self._restore(ident)
-        return self.head.lipsync.run(avatar, audio, options, deadline=deadline, clock=clock)
+        return self.head.lipsync.start(avatar, audio, options, deadline, clock=clock).complete()
 
     def _restore(self, ident: str) -> tuple[Avatar, Clock]:
         """A registered avatar, ready to render, and the clock that timed its decoding."""
