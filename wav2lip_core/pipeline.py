@@ -169,6 +169,7 @@ class Render:
             for mouths in mouths_in:
                 clock.lap("infer")  # time spent waiting for the generator, not overlapped by the loop below
                 for mouth in mouths:
+                    self.check()  # per frame too: a deadline or a gone client stops a large frame's paste and encode
                     k = int(index[writer.frames])
                     if k != shown:  # a new background frame: a fresh buffer, converted whole by the writer
                         paster, shown = Paster(avatar.frames[k], avatar.boxes[k], self.options.paste), k
