@@ -96,7 +96,7 @@ class Settings:
     # bench: subme=1 takes 20 % less encoder CPU than veryfast's subme=2 at the same size and PSNR. No B-frames, no
     # lookahead, constant frame rate: each frame's packet leaves x264 at once (a stream's first frame does not wait
     # for 11 more). Without lookahead there is no macroblock tree: at CRF 23 the mouth's PSNR is that of CRF 18 with
-    # it (+0.0 dB at 720p, +2.6 dB at 512²), the static background's 1–3 dB lower, for 1.6–1.9× the bytes.
+    # it (+0.0 dB at 720p, +2.6 dB at 512²), the static background's 1–3 dB lower, for 1.6–2× the bytes.
     x264_params: str = setting("subme=1:bframes=0:rc-lookahead=0:force-cfr=1", "X264_PARAMS", "extra x264 options, `key=value:key=value`")
     x264_crf: int = setting(23, "X264_CRF", "H.264 quality: lower is better and larger", 0, 51)
     face_cache_size: int = setting(
