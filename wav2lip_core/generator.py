@@ -10,6 +10,7 @@ encodes batch k the CPU plugin computes the next ones. Compiled once per process
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ class Generator:
         self.face_encoder = face_encoder
         self._features: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()  # a repeated avatar skips the encoder
         self._lock = threading.Lock()
+        self._idle: queue.SimpleQueue[list[ov.InferRequest]] = queue.SimpleQueue()  # request sets of finished runs
 
     @property
     def precision(self) -> str:
@@ -81,8 +83,8 @@ class Generator:
         if index is not None and self.face_encoder is not None:
             raise ValueError("per-frame faces need the whole network, not the split generator")
         constant = self._constant_inputs(face) if index is None else {}
-        in_flight = int(self.compiled.get_property("NUM_STREAMS")) + 1  # every stream busy + one being consumed
-        requests = [self.compiled.create_infer_request() for _ in range(in_flight)]
+        requests = self._requests()
+        in_flight = len(requests)
         for request in requests:
             for name, value in constant.items():
                 request.get_tensor(name).data[...] = value  # constant for the whole clip: set once per request
@@ -97,7 +99,7 @@ class Generator:
                 request = requests[k % in_flight]
                 request.start_async(inputs)
                 pending.append((request, n))
-                if len(pending) == in_flight:
+                if len(pending) == in_flight or k == 0:  # the first batch alone: it has the CPU to itself
                     yield self._take(*pending[0], check)
                     pending.popleft()
             while pending:
@@ -108,6 +110,15 @@ class Generator:
                 request.cancel()
             for request, _ in pending:
                 _wait_cancelled(request)
+            self._idle.put(requests)
+
+    def _requests(self) -> list[ov.InferRequest]:
+        """A set of infer requests for one run (every stream busy + one being consumed), reused from an
+        earlier run when one is free: their buffers are allocated and touched already."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return [self.compiled.create_infer_request() for _ in range(int(self.compiled.get_property("NUM_STREAMS")) + 1)]
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """Static shape: pad a last, short batch with copies of its last item."""
