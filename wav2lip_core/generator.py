@@ -99,7 +99,7 @@ class Generator:
                 request = requests[k % in_flight]
                 request.start_async(inputs)
                 pending.append((request, n))
-                if len(pending) == in_flight or k == 0:  # the first batch alone: it has the CPU to itself
+                if len(pending) == in_flight:
                     yield self._take(*pending[0], check)
                     pending.popleft()
             while pending:
