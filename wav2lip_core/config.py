@@ -115,6 +115,39 @@ class Settings:
     max_video_seconds: float = setting(
         600.0, "MAX_VIDEO_SECONDS", "length limit of a video played straight through (`loop: none`, dubbing): streamed", 0.1, 7200.0
     )
+    # shared state: avatars, jobs, job results (README: Several machines)
+    redis_url: str = setting(
+        "",
+        "REDIS_URL",
+        "empty: avatars and jobs on this machine (`AVATAR_DIR`, `JOB_DIR`); `redis://host:6379/0`: in Redis, shared by every replica",
+    )
+    job_dir: Path = setting(
+        Path("jobs"), "JOB_DIR", "async jobs without Redis: a SQLite file and the inputs and results, shared by the workers"
+    )
+    job_workers: int = setting(
+        1, "JOB_WORKERS", "job threads per gunicorn worker (they yield to interactive requests); 0: run no jobs here", 0, 16
+    )
+    job_queue_max: int = setting(
+        100, "JOB_QUEUE_MAX", "jobs waiting at most; beyond that `POST /api/jobs` → `503 queue_full` + `Retry-After`", 1, 10**6
+    )
+    job_ttl_s: float = setting(3600.0, "JOB_TTL_S", "a finished job and its video are kept this long, seconds", 10.0, 30 * 86400.0)
+    job_timeout_s: float = setting(
+        3600.0, "JOB_TIMEOUT_S", "a job running longer is stopped → `error` `deadline_exceeded`; seconds", 1.0, 86400.0
+    )
+    job_lease_s: float = setting(
+        20.0, "JOB_LEASE_S", "a running job unheard of this long (its replica died) is run again elsewhere; seconds", 2.0, 3600.0
+    )
+    webhook_hosts: tuple[str, ...] = setting(
+        (), "WEBHOOK_HOSTS", "hosts (`host` or `host:port`) a job's `webhook_url` may name, or `*`; empty: webhooks refused"
+    )
+    fetch_hosts: tuple[str, ...] = setting(
+        (), "FETCH_HOSTS", "hosts `source_url` / `audio_url` may be fetched from (`host` or `host:port`); empty: URLs refused"
+    )
+    public_url: str = setting(
+        "",
+        "PUBLIC_URL",
+        "base of the `status_url` / `result_url` links, e.g. `https://lipsync.example.com`; empty: from the request's Host",
+    )
     # gunicorn (read by gunicorn.conf.py)
     port: int = setting(8000, "PORT", "port of the default listen address", 1, 65535)
     bind: str = setting(

@@ -87,3 +87,27 @@ class CheckpointError(LipSyncError):
     """A PyTorch checkpoint given to the converter is missing, unreadable or of the wrong shape."""
 
     code = "bad_checkpoint"
+
+
+class StoreUnavailable(LipSyncError):
+    """The shared store (Redis) cannot be reached; raised with a `retry_after`: the server recovers when it is back."""
+
+    status, code = 503, "store_unavailable"
+
+
+class JobNotFound(LipSyncError):
+    """No such job, or it expired (`JOB_TTL_S`), or it was deleted."""
+
+    status, code = 404, "job_not_found"
+
+
+class JobNotDone(LipSyncError):
+    """The job's video was asked for before the job is `done`."""
+
+    status, code = 409, "job_not_done"
+
+
+class UrlRefused(LipSyncError):
+    """A URL to fetch from or post to whose host is not in the allow-list (SSRF), or that could not be fetched."""
+
+    status, code = 400, "url_not_allowed"
