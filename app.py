@@ -14,8 +14,9 @@ import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from wav2lip_core import compat, metrics
+from wav2lip_core import compat, job_routes, metrics
 from wav2lip_core.avatar import media_type
+from wav2lip_core.backend import open_jobs
 from wav2lip_core.config import Settings
 from wav2lip_core.gate import Gate
 from wav2lip_core.loader import Models
@@ -119,12 +120,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # 413 before the body is read
     app.json.sort_keys = False
-    models = Models(settings)
-    app.extensions |= {
-        "settings": settings,
-        "models": models,
-        "gate": Gate(settings.max_concurrent, settings.max_queue, settings.queue_timeout_s),
-    }
+    gate = Gate(settings.max_concurrent, settings.max_queue, settings.queue_timeout_s)
+    jobs = open_jobs(settings)
+    models = Models(settings, jobs, gate)
+    app.extensions |= {"settings": settings, "models": models, "gate": gate, "jobs": jobs}
     app.before_request(models.start_loading)  # no-op after the first call (gunicorn's post_worker_init calls it)
     install_hooks(app, settings)
     app.add_url_rule("/livez", view_func=livez)
@@ -138,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/api/avatars/<avatar_id>", view_func=delete_avatar, methods=["DELETE"])
     app.add_url_rule("/api/avatars/<avatar_id>/media", view_func=avatar_media, methods=["GET"])
     app.add_url_rule("/api/avatars/<avatar_id>/idle.mp4", view_func=avatar_idle, methods=["GET"])
+    app.register_blueprint(job_routes.routes)
     app.register_blueprint(compat.routes)  # drop-in routes of the services existing clients were written for
     return app
 

@@ -106,6 +106,8 @@ class Gunicorn:
         """The environment gunicorn runs with."""
         base = dict(os.environ) if self.inherit_env else {k: v for k, v in os.environ.items() if k in CLEAN_ENV}
         ours = {"MODELS_DIR": str(Path(self.models_dir).resolve()), "BIND": f"127.0.0.1:{self.port}"}
+        state = self.log_path.parent / self.log_path.stem  # registered avatars and jobs beside the log, never in the checkout
+        ours |= {"AVATAR_DIR": str(state / "avatars"), "JOB_DIR": str(state / "jobs")}
         if self.cache_dir is not None:
             ours["OV_CACHE_DIR"] = str(self.cache_dir)
         return base | ours | self.env

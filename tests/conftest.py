@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -96,3 +98,15 @@ def server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     env = {"CORS_ORIGINS": f"{PAGE_ORIGIN},null", "AVATAR_DIR": str(avatars)}
     with Gunicorn(ir_blazeface, log, env=env, ready_timeout_s=120) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """Node >= 18 (built-in fetch, FormData, Blob): the clients' runtime. Required: .ci/run installs it."""
+    exe = shutil.which("node") or "/usr/bin/node"
+    if not os.access(exe, os.X_OK):
+        pytest.fail("'node' is not installed; the client tests need it (Debian: apt-get install nodejs; .ci/run does this)")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 18:
+        pytest.fail(f"node {version} has no built-in fetch; the clients need Node >= 18")
+    return exe

@@ -49,15 +49,6 @@ def _require(name: str, *fallbacks: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def node() -> str:
-    exe = _require("node", "/usr/bin/node")
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < 18:
-        pytest.fail(f"node {version} has no built-in fetch; the client needs Node >= 18")
-    return exe
-
-
-@pytest.fixture(scope="session")
 def chromium() -> str:
     return _require("chromium", "/usr/bin/chromium")
 

@@ -7,21 +7,31 @@ limits, the gate, the typed error JSON, `X-Request-ID`, the API key and the metr
     POST /v1/animation             avatar + audio [+ fps]   → /api/generate, image or video (told by its bytes)
     POST /cache-avatar             avatar + avatar_id       → /api/avatars, then avatar_id names it (an alias)
     POST /v1/animation-with-cache  avatar_id + audio        → /api/generate with avatar_id (an id or an alias)
+    POST /generate-video           source_image + audio_data → POST /api/jobs (D-ID style: a talk id to poll)
+    GET  /talk-status/<id>         the talk: D-ID statuses, result_url once done → GET /api/jobs/<id>
 
 The native options (`pads`, `box`, `paste`, …) are accepted as extra fields; `/sync` always runs
 the video straight through at its own rate, and the audio sent replaces the video's own.
+`/generate-video` also takes `source_url` / `audio_url`, fetched only from the hosts in FETCH_HOSTS.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from .avatar import is_video
+from .job_routes import job_store, submit
+from .jobs import Job, job_id_checked
 from .payload import AvatarRequest, Body, GenerateRequest
 from .serve import lipsync, mp4_response, ready, register
+from .urls import checked, fetch
 from .web import DROP_IN, read_body
+
+# D-ID's talk statuses for ours: its clients poll until "done", and give up on "error" or "rejected"
+TALK_STATUS = {"queued": "created", "running": "started", "done": "done", "error": "error", "cancelled": "error"}
 
 routes = Blueprint(DROP_IN, __name__)
 
@@ -65,3 +75,39 @@ def animation_with_cache() -> Response:
     body = _body()
     options, name = body.options(), body.avatar_id()
     return mp4_response(lipsync(GenerateRequest(body.media("audio"), options, avatar_id=name)))
+
+
+@routes.post("/generate-video")
+def generate_video() -> tuple[Response, int]:
+    """D-ID style: `source_image` (an image or a video) + `audio_data` files, or `source_url` / `audio_url` → a talk to poll."""
+    body = _body()
+    source, audio = _file_or_url(body, "source_image", "source_url"), _file_or_url(body, "audio_data", "audio_url")
+    kind = "video" if is_video(source) else "image"
+    hook = body.values.get("webhook") or body.values.get("webhook_url") or None
+    job = submit(GenerateRequest(audio, body.options(), **{kind: source}), hook)
+    return jsonify(_talk(job)), 201
+
+
+@routes.get("/talk-status/<talk_id>")
+def talk_status(talk_id: str) -> Response:
+    """The talk: `{"id", "status", "result_url", "progress", "created_at", "started_at", "completed_at", "error"}`."""
+    return jsonify(_talk(job_store().get(job_id_checked(talk_id))))
+
+
+def _talk(job: Job) -> dict[str, Any]:
+    """A job in the shape D-ID-style clients read: their statuses, `result_url` only once the video exists."""
+    native = job.describe()
+    keys = ("id", "progress", "created_at", "started_at", "completed_at", "error")
+    return {k: native[k] for k in keys} | {
+        "status": TALK_STATUS[job.status],
+        "result_url": native["result_url"] if job.status == "done" else None,
+    }
+
+
+def _file_or_url(body: Body, name: str, url_name: str) -> bytes:
+    """A file part (or base64) `name`, or the body at `url_name`, fetched only from the hosts FETCH_HOSTS allows."""
+    if not body.given(url_name) or body.given(name):
+        return body.media(name)
+    settings = ready()[2]
+    url = checked(body.values[url_name], settings.fetch_hosts, url_name, "FETCH_HOSTS")
+    return fetch(url, settings.max_request_bytes, url_name)

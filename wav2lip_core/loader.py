@@ -14,7 +14,10 @@ import time
 from .api import TalkingHead
 from .config import Settings
 from .errors import ModelsMissing, NotReady
+from .gate import Gate
+from .jobs import JobStore
 from .registry import Registry
+from .runner import Runner
 from .store import AvatarStore
 
 log = logging.getLogger("wav2lip.app")
@@ -23,8 +26,10 @@ log = logging.getLogger("wav2lip.app")
 class Models:
     """This worker's TalkingHead and avatar registry, loaded once in a background thread."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, jobs: JobStore | None = None, gate: Gate | None = None):
         self.settings = settings
+        self.jobs, self.gate = jobs, gate  # with both, this worker runs jobs (JOB_WORKERS threads) once ready
+        self.runner: Runner | None = None
         self.head: TalkingHead | None = None
         self.registry: Registry | None = None
         self.error: str | None = None
@@ -54,6 +59,9 @@ class Models:
             log.exception("model loading failed")
             return
         log.info("models ready in %.1f s", time.perf_counter() - t0, extra={"fields": self.describe()})
+        if self.jobs is not None and self.gate is not None and self.settings.job_workers:
+            self.runner = Runner(self.jobs, self.registry, self.gate, self.settings)
+            self.runner.start()
 
     def ready(self, retry_after: int) -> Registry:
         """The registry (and through it the compiled TalkingHead), or the 503 that says why not."""

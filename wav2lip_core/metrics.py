@@ -24,6 +24,7 @@ CACHE = Counter("lipsync_face_cache_total", "Face box lookups by outcome", ["out
 FIRST_BYTE = Histogram(
     "lipsync_stream_first_byte_seconds", "Streams: request start to the first body byte", buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10)
 )
+JOBS = Counter("lipsync_jobs_total", "Job runs by outcome (done, error, stopped, discarded, interrupted)", ["outcome"])
 STREAMS = Counter("lipsync_streams_total", "Streamed replies by outcome (completed, aborted by the client, failed)", ["outcome"])
 
 

@@ -17,7 +17,7 @@ from .api import TalkingHead
 from .avatar import Avatar
 from .errors import AvatarNotFound
 from .payload import GenerateRequest
-from .pipeline import Clock, Render
+from .pipeline import Clock, Progress, Render
 from .schema import Options, Result
 from .store import AvatarStore
 from .video import Mp4Writer
@@ -74,14 +74,23 @@ class Registry:
         media, video = _media(req)
         return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)
 
-    def start(self, req: GenerateRequest, deadline: float | None = None, gone: Callable[[], bool] | None = None) -> Render:
-        """A request's clip as a fragmented MP4 made batch by batch (a streamed reply); decoding,
-        detection and the audio are done before this returns. `gone()` True stops it (the client left)."""
+    def start(
+        self,
+        req: GenerateRequest,
+        deadline: float | None = None,
+        gone: Callable[[], bool] | None = None,
+        progress: Progress | None = None,
+        fragmented: bool = True,
+    ) -> Render:
+        """A request's clip, made batch by batch: fragmented for a streamed reply, whole for a job; decoding,
+        detection and the audio are done before this returns. `gone()` True stops it (the client left, the job was cancelled)."""
         if req.avatar_id is not None:
             avatar, clock = self._restore(req.avatar_id)
-            return self.head.lipsync.start(avatar, req.audio, req.options, deadline, clock=clock, fragmented=True, gone=gone)
+            return self.head.lipsync.start(
+                avatar, req.audio, req.options, deadline, progress, clock=clock, fragmented=fragmented, gone=gone
+            )
         media, video = _media(req)
-        return self.head.lipsync.start(media, req.audio, req.options, deadline, video=video, fragmented=True, gone=gone)
+        return self.head.lipsync.start(media, req.audio, req.options, deadline, progress, video, fragmented=fragmented, gone=gone)
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page

@@ -1,16 +1,20 @@
-"""Frames + audio → H.264 (yuv420p) / AAC in MP4, in memory, with PyAV (no temp files, no ffmpeg).
+"""Frames + audio → H.264 (yuv420p) / AAC in MP4 with PyAV (no ffmpeg process).
 
 Frames are encoded as they are made: nothing holds the whole clip. The audio track is encoded a
 little ahead of the video, so a fragmented MP4 (`fragmented=True`: a `moov` without samples, then
 a `moof`+`mdat` per frame, for streaming) carries the sound of each frame with it; `take()` hands
-out the bytes written so far. Both layouts hold the same H.264 and AAC packets. x264 runs with no
+out the bytes written so far. A whole file is `+faststart` (the `moov` before the samples: a
+`<video src>` plays and seeks it before it has all of it); FFmpeg moves the `moov` by reading the
+file back, so a whole file is written to a temporary file, read, and removed. Both layouts hold the
+same H.264 and AAC packets. x264 runs with no
 B-frames and no lookahead (config.py's X264_PARAMS): a frame's packet leaves the encoder at once.
 """
 
 from __future__ import annotations
 
-import io
 import math
+import os
+import tempfile
 from fractions import Fraction
 
 import av
@@ -28,6 +32,7 @@ AUDIO_LEAD_S = 0.25  # audio encoded this far ahead of the video: covers the AAC
 # A fragment per frame; the moov written with the first one (delay_moov), so it carries the edit list that
 # starts the audio after the AAC encoder's priming: both tracks keep the whole file's timeline, frame k at k/fps.
 FRAGMENTED = {"movflags": "delay_moov+default_base_moof+skip_trailer", "frag_duration": "1"}
+WHOLE = {"movflags": "+faststart"}
 
 
 def _planes(i420: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,8 +112,14 @@ class Mp4Writer:
     ):  # fmt: skip
         if width % 2 or height % 2:
             raise ValueError(f"H.264 yuv420p needs even sides, got {width}×{height}")
-        self.sink: io.BytesIO | _Chunks = _Chunks() if fragmented else io.BytesIO()
-        self.container = av.open(self.sink, mode="w", format="mp4", options=FRAGMENTED if fragmented else {})
+        self.sink: _Chunks | None = _Chunks() if fragmented else None
+        self.path: str | None = None
+        if self.sink is not None:
+            self.container = av.open(self.sink, mode="w", format="mp4", options=FRAGMENTED)
+        else:  # faststart reopens the file by name to move the moov: a real file, removed by finish() / abort()
+            fd, self.path = tempfile.mkstemp(prefix="wav2lip-", suffix=".mp4")
+            os.close(fd)
+            self.container = av.open(self.path, mode="w", format="mp4", options=WHOLE)
         rate = Fraction(fps).limit_denominator(1001)
         self.fps = float(rate)
         self.video = self.container.add_stream("libx264", rate=rate)
@@ -155,7 +166,7 @@ class Mp4Writer:
 
     def take(self) -> bytes:
         """A fragmented file's bytes written since the last call."""
-        if not isinstance(self.sink, _Chunks):
+        if self.sink is None:
             raise TypeError("take() is for a fragmented writer")
         return self.sink.take()
 
@@ -165,11 +176,25 @@ class Mp4Writer:
             self.audio.finish()
         self.container.mux(self.video.encode(None))
         self.container.close()
-        return self.sink.take() if isinstance(self.sink, _Chunks) else self.sink.getvalue()
+        if self.sink is not None:
+            return self.sink.take()
+        try:
+            with open(self.path, "rb") as f:  # type: ignore[arg-type]
+                return f.read()
+        finally:
+            self._remove()
 
     def abort(self) -> None:
         """Release the encoders without producing a file."""
-        self.container.close()
+        try:
+            self.container.close()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        if self.path is not None:
+            os.unlink(self.path)
+            self.path = None
 
 
 def _sps(extradata: bytes) -> bytes:
