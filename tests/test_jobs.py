@@ -281,3 +281,20 @@ def test_a_request_goes_before_a_running_job(app_settings) -> None:
     print(f"a 1 s request while a job runs: {took * 1000:.0f} ms")
     client.delete(f"/api/jobs/{job['id']}")
     app.extensions["models"].runner.stop.set()
+
+
+def test_node_client_async_submits_polls_with_progress_and_downloads(machine: Gunicorn, node: str, tmp_path: Path) -> None:
+    (tmp_path / "face.png").write_bytes(image_bytes(astronaut()))
+    (tmp_path / "speech.wav").write_bytes(wav(speech_s(4.0)))
+    cli = Path(__file__).parents[1] / "clients" / "node" / "lipsync.mjs"
+    args = ["--url", machine.url, "--image", str(tmp_path / "face.png"), "--audio", str(tmp_path / "speech.wav"), "--box", "190,60,330,230"]
+    proc = subprocess.run(
+        [node, str(cli), *args, "--out", str(tmp_path / "out.mp4"), "--async"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "queued" in lines[0] and lines[-1].endswith("done 100%"), lines
+    percents = [int(line.rsplit(" ", 1)[1].rstrip("%")) for line in lines[1:]]
+    assert percents == sorted(percents) and len(percents) >= 2, lines
+    assert proc.stdout.startswith(f"wrote {tmp_path / 'out.mp4'}: job ") and "attempts 1" in proc.stdout
+    assert len(decode_mp4((tmp_path / "out.mp4").read_bytes()).frames) == 4 * FPS

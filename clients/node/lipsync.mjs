@@ -7,8 +7,11 @@
 //   const { avatar_id } = await registerAvatar({ url, video, multipart: true });
 //   const next = await generate({ url, avatarId: avatar_id, audio, startFrame: meta.end_frame });
 //   const { info, body } = await generateStream({ url, avatarId: avatar_id, audio, signal }); // fMP4 as it is made
+//   const job = await submitJob({ url, image, audio });                       // async: 202 and a job to poll
+//   const done = await waitJob({ url, id: job.id, onProgress: (j) => console.log(j.progress) });
+//   const mp4 = await downloadJob(done);
 //
-//   node lipsync.mjs --url http://127.0.0.1:8000 --image face.jpg --audio speech.wav --out out.mp4 [--stream]
+//   node lipsync.mjs --url http://127.0.0.1:8000 --image face.jpg --audio speech.wav --out out.mp4 [--stream | --async]
 //   node lipsync.mjs --url http://127.0.0.1:8000 --register --video idle.mp4
 
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
@@ -184,15 +187,15 @@ export async function registerAvatar({ url, image, video, pads, box, fps, multip
  * The one `/api/generate` request of both `generate` and `generateStream` (`fn`, for errors): the
  * arguments checked, the body built, posted; `stream` is the body's `stream` field (null: not sent).
  */
-function postGenerate(fn, { url, image, video, avatarId, audio, multipart = false, ...rest }, stream = null) {
+function postGenerate(fn, { url, image, video, avatarId, audio, multipart = false, ...rest }, stream = null, path = "api/generate", extra = {}) {
   if (!url) throw new TypeError(`${fn}: url is required`);
   const [name, avatar] = oneOf(fn, { image, video, avatarId });
   if (!Buffer.isBuffer(audio) || audio.length === 0) throw new TypeError(`${fn}: audio must be a non-empty Buffer`);
   const files = name === "avatarId" ? { audio } : { [name]: avatar, audio };
-  const fields = { ...(name === "avatarId" && { avatar_id: avatar }), ...optionFields(rest), stream };
+  const fields = { ...(name === "avatarId" && { avatar_id: avatar }), ...optionFields(rest), stream, ...extra };
   const { body, headers } = makeBody(files, fields, multipart);
   const accept = stream ? { Accept: `${STREAM_TYPE}, application/json` } : {}; // errors stay JSON
-  return post(endpoint(url, "api/generate"), { ...callOptions(rest), body, headers: { ...headers, ...accept } });
+  return post(endpoint(url, path), { ...callOptions(rest), body, headers: { ...headers, ...accept } });
 }
 
 /**
@@ -266,11 +269,69 @@ export async function generateStream(opts = {}) {
   return { info, body: cutAware(resp.body, info.request_id, opts.signal), ttfbMs };
 }
 
+/**
+ * Submit `generate`'s request as an async job (`POST ${url}/api/jobs`, optional `webhookUrl`); resolves
+ * to the job `{id, status: "queued", progress, created_at, …, status_url, result_url}`. A full queue (503
+ * queue_full) is retried after its Retry-After, as `generate` retries a busy server.
+ */
+export async function submitJob({ webhookUrl, ...opts } = {}) {
+  const resp = await postGenerate("submitJob", opts, null, "api/jobs", { webhook_url: webhookUrl });
+  return answer(resp, "id", "string");
+}
+
+/** GET `href` with the call's API key; a non-2xx answer is a LipSyncError. */
+async function get(href, { apiKey, signal } = {}) {
+  const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  let resp;
+  try {
+    resp = await fetch(href, { headers, signal });
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    throw new LipSyncError(`could not reach ${href}: ${why(e)}`, { code: "network_error", cause: e });
+  }
+  if (!resp.ok) throw await errorFrom(resp);
+  return resp;
+}
+
+export const JOB_POLL_MS = 500;
+const TRANSIENT_CODES = new Set(["network_error", "busy", "store_unavailable", "not_ready", "http_502", "http_503", "http_504"]);
+
+/**
+ * Poll a job (`id` with `url`, or its `statusUrl`) every `intervalMs` until it ends; `onProgress(job)` on each
+ * answer. Resolves to the done job; rejects with a LipSyncError carrying the job's error code when it ends in
+ * "error" or "cancelled". A server or store briefly unavailable (a replica restarting) is polled again.
+ */
+export async function waitJob({ url, id, statusUrl, intervalMs = JOB_POLL_MS, onProgress, apiKey, signal } = {}) {
+  const href = statusUrl ?? endpoint(url, `api/jobs/${id}`);
+  for (;;) {
+    let job = null;
+    try {
+      job = await (await get(href, { apiKey, signal })).json();
+    } catch (e) {
+      if (!(e instanceof LipSyncError) || !TRANSIENT_CODES.has(e.code)) throw e;
+    }
+    if (job) {
+      onProgress?.(job);
+      if (job.status === "done") return job;
+      if (job.status === "error" || job.status === "cancelled") {
+        throw new LipSyncError(`job ${job.id} ${job.status}: ${job.error?.message ?? ""}`, { status: 200, code: job.error?.code ?? job.status });
+      }
+    }
+    await sleep(intervalMs, signal);
+  }
+}
+
+/** A done job's MP4 (its `result_url`) as a Buffer. */
+export async function downloadJob(job, { apiKey, signal } = {}) {
+  return Buffer.from(await (await get(job.result_url, { apiKey, signal })).arrayBuffer());
+}
+
 const USAGE = `usage: node lipsync.mjs --url URL (--image FACE | --video CLIP | --avatar-id ID) --audio SPEECH --out OUT.mp4
                         [--fps N] [--box X1 Y1 X2 Y2] [--pads T B L R] [--paste box|feather]
-                        [--loop pingpong|repeat|none] [--start-frame K] [--stream] [--multipart] [--api-key KEY] [--retries N]
+                        [--loop pingpong|repeat|none] [--start-frame K] [--stream | --async] [--multipart] [--api-key KEY] [--retries N]
        node lipsync.mjs --url URL --register (--image FACE | --video CLIP) [--fps N] [--box …] [--pads …] [--multipart] …
   --stream writes OUT.mp4 as the server makes it (a fragmented MP4, through OUT.mp4.part);
+  --async submits a job, shows its progress, then downloads OUT.mp4;
   --register prints the avatar's record as JSON; --api-key defaults to $LIPSYNC_API_KEY`;
 
 class UsageError extends Error {}
@@ -280,7 +341,7 @@ const VALUE_ARGS = {
   "--api-key": "apiKey", "--paste": "paste", "--loop": "loop",
 };
 const NUMBER_ARGS = { "--fps": ["fps", false], "--retries": ["retries", true], "--start-frame": ["startFrame", true] }; // → [option, whole number]
-const FLAG_ARGS = { "--register": "register", "--stream": "stream", "--multipart": "multipart", "-h": "help", "--help": "help" };
+const FLAG_ARGS = { "--register": "register", "--stream": "stream", "--async": "async", "--multipart": "multipart", "-h": "help", "--help": "help" };
 
 const NAMED_ARGS = { ...VALUE_ARGS, ...FLAG_ARGS };
 const flagOf = (name) => Object.keys(NAMED_ARGS).find((flag) => NAMED_ARGS[flag] === name);
@@ -289,8 +350,9 @@ const flagOf = (name) => Object.keys(NAMED_ARGS).find((flag) => NAMED_ARGS[flag]
 function checkModes(opts) {
   const avatars = opts.register ? ["image", "video"] : ["image", "video", "avatarId"];
   if (avatars.filter((k) => opts[k]).length !== 1) throw new UsageError(`give exactly one of ${avatars.map(flagOf).join(", ")}`);
-  const extra = opts.register ? ["avatarId", "audio", "out", "stream"].filter((k) => opts[k]) : [];
+  const extra = opts.register ? ["avatarId", "audio", "out", "stream", "async"].filter((k) => opts[k]) : [];
   if (extra.length) throw new UsageError(`--register takes no ${extra.map(flagOf).join(", ")}`);
+  if (opts.stream && opts.async) throw new UsageError("give --stream or --async, not both");
   for (const name of opts.register ? ["url"] : ["url", "audio", "out"]) {
     if (!opts[name]) throw new UsageError(`${flagOf(name)} is required`);
   }
@@ -390,6 +452,22 @@ async function streamCommand(opts) {
   );
 }
 
+/** --async: submit a job, one progress line per change on stderr, the MP4 to --out when done. */
+async function asyncCommand(opts) {
+  const t0 = performance.now();
+  const job = await submitJob(await generateOptions(opts));
+  console.error(`job ${job.id} queued (${job.status_url})`);
+  let shown = null;
+  const onProgress = (j) => {
+    const line = `job ${j.id}: ${j.status} ${Math.round(j.progress * 100)}%`;
+    if (line !== shown) console.error((shown = line));
+  };
+  const done = await waitJob({ statusUrl: job.status_url, onProgress, apiKey: opts.apiKey });
+  const mp4 = await downloadJob(done, { apiKey: opts.apiKey });
+  await writeFile(opts.out, mp4);
+  console.log(`wrote ${opts.out}: job ${done.id} done, ${mp4.length} bytes in ${seconds(performance.now() - t0)} s (attempts ${done.attempts})`);
+}
+
 async function main(argv) {
   let opts;
   try {
@@ -404,7 +482,7 @@ async function main(argv) {
     return 0;
   }
   try {
-    await (opts.register ? registerCommand : opts.stream ? streamCommand : generateCommand)(opts);
+    await (opts.register ? registerCommand : opts.stream ? streamCommand : opts.async ? asyncCommand : generateCommand)(opts);
     return 0;
   } catch (e) {
     if (e instanceof LipSyncError) {
