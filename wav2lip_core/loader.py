@@ -63,6 +63,11 @@ class Models:
             self.runner = Runner(self.jobs, self.registry, self.gate, self.settings)
             self.runner.start()
 
+    def close(self) -> None:
+        """The worker is exiting: stop its job threads (gunicorn's worker_exit)."""
+        if self.runner is not None:
+            self.runner.close()
+
     def ready(self, retry_after: int) -> Registry:
         """The registry (and through it the compiled TalkingHead), or the 503 that says why not."""
         if self.head is not None and self.registry is not None:

@@ -43,12 +43,22 @@ class Runner:
     def __init__(self, jobs: JobStore, registry: Registry, gate: Gate, settings: Settings):
         self.jobs, self.registry, self.gate, self.settings = jobs, registry, gate, settings
         self.name = f"{socket.gethostname()}-{os.getpid()}"
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set: claim nothing more, stop the running jobs at their next check
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for k in range(self.settings.job_workers):
-            threading.Thread(target=self._loop, name=f"job-worker-{k}", daemon=True).start()
+            thread = threading.Thread(target=self._loop, name=f"job-worker-{k}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         log.info("%d job worker(s) started", self.settings.job_workers)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop (the worker is exiting): running jobs stop at their next check, their encoders released; their
+        leases run out and another worker runs them again."""
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
 
     def _loop(self) -> None:
         outages = 0
@@ -117,7 +127,7 @@ class Runner:
 
         def stopped() -> bool:
             self.gate.pause()  # a waiting request gets the slot first
-            return beat.lost.is_set()
+            return beat.lost.is_set() or self.stop.is_set()
 
         return stopped
 
