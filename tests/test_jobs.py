@@ -298,3 +298,20 @@ def test_node_client_async_submits_polls_with_progress_and_downloads(machine: Gu
     assert percents == sorted(percents) and len(percents) >= 2, lines
     assert proc.stdout.startswith(f"wrote {tmp_path / 'out.mp4'}: job ") and "attempts 1" in proc.stdout
     assert len(decode_mp4((tmp_path / "out.mp4").read_bytes()).frames) == 4 * FPS
+
+
+def test_with_an_api_key_only_the_video_url_is_open(app_settings) -> None:
+    """The result_url is a capability (a random 128-bit id), so a <video src> plays it; submitting and polling need the key."""
+    app = loaded_app(replace(app_settings, job_dir=app_settings.job_dir.with_name("jobs3"), api_key="k3y"))
+    client, auth = app.test_client(), {"Authorization": "Bearer k3y"}
+    assert client.post("/api/jobs", json=short_body(0.2)).status_code == 401
+    job = client.post("/api/jobs", json=short_body(0.2), headers=auth).get_json()
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 401
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    video = client.get(f"/api/jobs/{job['id']}/video")
+    assert video.status_code == 200 and video.mimetype == "video/mp4"
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 401
+    app.extensions["models"].runner.stop.set()

@@ -26,6 +26,9 @@ log = logging.getLogger("wav2lip.app")
 access = logging.getLogger("wav2lip.access")
 
 DROP_IN = "compat"  # the blueprint of the drop-in routes (compat.py): API routes outside /api/
+# A job's video: its URL names a random 128-bit id, a capability like a pre-signed URL, so a <video src> (which
+# cannot send a header) plays it with API_KEY set; the job's status and everything else need the key.
+OPEN_WITH_ID = ("jobs.video",)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # echoed as given; anything else is replaced
 _EXPOSED = "X-Request-ID, Retry-After, X-Frames, X-Face-Box, X-End-Frame, X-Duration, X-Fps"
 _CORS = {"Vary": "Origin", "Access-Control-Expose-Headers": _EXPOSED}
@@ -91,7 +94,7 @@ def assign_request_id() -> None:
 
 def require_api_key(api_key: str) -> None:
     """With an API key configured, API routes want `Authorization: Bearer <key>`; probes, metrics and preflights stay open."""
-    if not api_key or request.method == "OPTIONS" or not is_api():
+    if not api_key or request.method == "OPTIONS" or not is_api() or request.endpoint in OPEN_WITH_ID:
         return
     sent = request.headers.get("Authorization", "")
     if not hmac.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
