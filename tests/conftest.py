@@ -25,6 +25,7 @@ from harness import ASSETS
 from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
 from harness.page import PAGE_ORIGIN
+from harness.redis import RedisServer
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
@@ -110,3 +111,10 @@ def node() -> str:
     if int(version.lstrip("v").split(".")[0]) < 18:
         pytest.fail(f"node {version} has no built-in fetch; the clients need Node >= 18")
     return exe
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (append-only data in a temporary folder); tests use their own key prefixes."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server

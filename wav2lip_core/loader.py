@@ -12,13 +12,13 @@ import threading
 import time
 
 from .api import TalkingHead
+from .backend import open_avatars
 from .config import Settings
 from .errors import ModelsMissing, NotReady
 from .gate import Gate
 from .jobs import JobStore
 from .registry import Registry
 from .runner import Runner
-from .store import AvatarStore
 
 log = logging.getLogger("wav2lip.app")
 
@@ -48,7 +48,7 @@ class Models:
         t0 = time.perf_counter()
         try:
             head = TalkingHead.load(settings=self.settings)
-            self.registry = Registry(head, AvatarStore(self.settings.avatar_dir, self.settings.avatar_store_mb * 1024 * 1024))
+            self.registry = Registry(head, open_avatars(self.settings))
             self.head = head  # last: a set `head` means ready
         except ModelsMissing as e:
             self.error = e.message

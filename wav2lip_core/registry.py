@@ -19,7 +19,7 @@ from .errors import AvatarNotFound
 from .payload import GenerateRequest
 from .pipeline import Clock, Progress, Render
 from .schema import Options, Result
-from .store import AvatarStore
+from .store import Avatars
 from .video import Mp4Writer
 
 ID_BYTES = 12  # 24 hex digits
@@ -47,7 +47,7 @@ def describe(avatar: Avatar, ident: str) -> dict[str, Any]:
 class Registry:
     """Register, look up and render registered avatars."""
 
-    def __init__(self, head: TalkingHead, store: AvatarStore):
+    def __init__(self, head: TalkingHead, store: Avatars):
         self.head = head
         self.store = store
 

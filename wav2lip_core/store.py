@@ -6,8 +6,8 @@ place: `rename(2)` of a folder is atomic, so readers never see half an avatar, a
 register the same avatar at once exactly one rename wins and the other finds it there. Reading an
 avatar touches its `meta.json`, so eviction (over `max_bytes`) removes the least recently used.
 
-The interface is small on purpose (put / get / media / list / delete) so another backend (Redis,
-for several machines) can stand in for this one.
+The interface is small on purpose (`Avatars`): redis_store.RedisAvatarStore stands in for this one
+when several machines share avatars (`REDIS_URL`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import AvatarNotFound, BadRequest
 
@@ -31,6 +31,37 @@ log = logging.getLogger(__name__)
 MEDIA, META = "media", "meta.json"
 ALIASES, ALIAS_SUFFIX = "aliases", ".id"
 NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")  # what may name an avatar: its id (hex) or an alias; never "." or ".."
+
+
+class Avatars(Protocol):
+    """Registered avatars: by id (a hex digest) or by an alias name; what the registry and the routes use."""
+
+    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
+        """Store once; False if it was already there (same id: same content and options)."""
+
+    def get(self, avatar_id: str) -> dict[str, Any]:
+        """The metadata (by id or alias), marking it used; AvatarNotFound if unknown or evicted."""
+
+    def media(self, avatar_id: str) -> bytes: ...
+    def extra(self, avatar_id: str, name: str) -> bytes | None: ...
+    def put_extra(self, avatar_id: str, name: str, data: bytes) -> None: ...
+    def alias(self, name: str, avatar_id: str) -> None: ...
+    def resolve(self, name: str) -> str: ...
+    def list(self) -> list[dict[str, Any]]: ...
+    def delete(self, avatar_id: str) -> None: ...
+
+
+def check_id(avatar_id: str) -> str:
+    """Ids are hex digests: nothing else may name a folder or a key."""
+    if not avatar_id.isalnum():
+        raise AvatarNotFound(f"no avatar with id {avatar_id[:80]!r}")
+    return avatar_id
+
+
+def check_alias(name: str) -> str:
+    if not NAME.match(name):
+        raise BadRequest(f"an avatar name must match {NAME.pattern}, got {name[:80]!r}", code="invalid_field")
+    return name
 
 
 class AvatarStore:
@@ -42,9 +73,7 @@ class AvatarStore:
         self._lock = threading.Lock()  # eviction within this process; other workers' renames are atomic
 
     def _dir(self, avatar_id: str) -> Path:
-        if not avatar_id.isalnum():  # ids are hex digests: nothing else may name a folder
-            raise AvatarNotFound(f"no avatar with id {avatar_id[:80]!r}")
-        return self.root / avatar_id
+        return self.root / check_id(avatar_id)
 
     def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
         """Store once; False if it was already there (same id: same content and options)."""
@@ -100,8 +129,7 @@ class AvatarStore:
 
     def alias(self, name: str, avatar_id: str) -> None:
         """Let `name` stand for the registered avatar `avatar_id`; naming another avatar so later repoints it."""
-        if not NAME.match(name):
-            raise BadRequest(f"an avatar name must match {NAME.pattern}, got {name[:80]!r}", code="invalid_field")
+        check_alias(name)
         if not (self._dir(avatar_id) / META).is_file():
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
         (self.root / ALIASES).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,147 @@
+"""The two backends behind one interface, each against a real store: avatars and jobs on this machine
+(a directory, SQLite) and in Redis (a real redis-server). The same tests run on both."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from harness.redis import RedisServer
+from wav2lip_core.errors import AvatarNotFound, BadRequest, Busy, JobNotDone, JobNotFound, StoreUnavailable
+from wav2lip_core.jobs import Claim, JobStore, new_job
+from wav2lip_core.jobs_redis import RedisJobs
+from wav2lip_core.jobs_sqlite import SqliteJobs
+from wav2lip_core.redis_store import RedisAvatarStore, connect
+from wav2lip_core.store import Avatars, AvatarStore
+
+LEASE_S = 1.0
+BACKENDS = ("local", "redis")
+
+
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}:"  # each test its own keys on the session's Redis
+
+
+@pytest.fixture(params=BACKENDS)
+def avatars(request: pytest.FixtureRequest, tmp_path: Path) -> Avatars:
+    if request.param == "local":
+        return AvatarStore(tmp_path / "avatars", max_bytes=3000)
+    return RedisAvatarStore(connect(request.getfixturevalue("redis_server").url), max_bytes=3000, prefix=prefix())
+
+
+@pytest.fixture(params=BACKENDS)
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
+    if request.param == "local":
+        return SqliteJobs(tmp_path / "jobs", LEASE_S, ttl_s=60)
+    return RedisJobs(connect(request.getfixturevalue("redis_server").url), LEASE_S, ttl_s=60, prefix=prefix())
+
+
+def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars) -> None:
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(avatars.put("abc1", b"x" * 1000, {"avatar_id": "abc1"}))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 7 + [True] and avatars.media("abc1") == b"x" * 1000
+    avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
+    time.sleep(0.01)
+    avatars.get("abc1")  # used: abc2 is now the least recently used
+    avatars.put("abc3", b"z" * 1000, {"avatar_id": "abc3"})
+    assert [m["avatar_id"] for m in avatars.list()] == ["abc3", "abc1"]  # most recently used first
+    with pytest.raises(AvatarNotFound):
+        avatars.get("abc2")
+
+
+def test_avatar_aliases_extras_and_delete(avatars: Avatars) -> None:
+    avatars.put("abc1", b"x", {"avatar_id": "abc1"})
+    avatars.put("abc2", b"y", {"avatar_id": "abc2"})
+    avatars.alias("seed.avatar_1", "abc1")
+    assert avatars.get("seed.avatar_1")["avatar_id"] == "abc1" and avatars.resolve("seed.avatar_1") == "abc1"
+    avatars.alias("seed.avatar_1", "abc2")  # repointed
+    assert avatars.get("seed.avatar_1")["avatar_id"] == "abc2"
+    avatars.alias("abc2", "abc1")
+    assert avatars.resolve("abc2") == "abc2"  # a registered id wins over an alias
+    for bad in (".", "..", "a/b", "", "x" * 129):
+        with pytest.raises(BadRequest):
+            avatars.alias(bad, "abc1")
+    with pytest.raises(AvatarNotFound):
+        avatars.alias("x", "abc9")
+    assert avatars.resolve("unknown") == "unknown" and avatars.resolve("../abc1") == "../abc1"
+    assert avatars.extra("abc1", "idle.mp4") is None
+    avatars.put_extra("abc1", "idle.mp4", b"loop")
+    assert avatars.extra("abc1", "idle.mp4") == b"loop"
+    avatars.delete("abc1")
+    for call in (lambda: avatars.get("abc1"), lambda: avatars.media("abc1"), lambda: avatars.delete("abc1"), lambda: avatars.get("../x")):
+        with pytest.raises(AvatarNotFound):
+            call()
+
+
+def submitted(jobs: JobStore, limit: int = 10) -> str:
+    job = new_job(None, "http://x", time.time())
+    jobs.submit(job, {"request": b"{}", "audio": b"\x00" * 10}, limit)
+    return job.id
+
+
+def test_a_job_is_claimed_once_and_its_result_kept_once(jobs: JobStore) -> None:
+    job_id = submitted(jobs)
+    first = jobs.claim("w1-a", 0.5)
+    assert first == Claim(job_id, "w1-a") and jobs.claim("w2-b", 0.3) is None  # nobody else gets it
+    assert jobs.inputs(first)["audio"] == b"\x00" * 10
+    assert jobs.renew(first, 0.5) and jobs.get(job_id).progress == 0.5 and jobs.get(job_id).status == "running"
+    time.sleep(LEASE_S * 1.5)  # first stopped beating: its lease runs out
+    second = jobs.claim("w2-c", 2.0)
+    assert second == Claim(job_id, "w2-c") and jobs.get(job_id).attempts == 2
+    assert not jobs.renew(first, 0.6)  # the stale claim learns it lost the job ...
+    assert not jobs.finish(first, b"stale")  # ... and cannot keep a result
+    assert jobs.finish(second, b"mp4!") and not jobs.finish(second, b"again")
+    done = jobs.get(job_id)
+    assert done.status == "done" and done.progress == 1 and done.completed_at is not None
+    video = jobs.video(job_id)
+    assert (video if isinstance(video, bytes) else video.read_bytes()) == b"mp4!"
+    assert jobs.claim("w3-d", 0.3) is None  # a finished job is never handed out again
+
+
+def test_fail_cancel_delete_and_the_queue_bound(jobs: JobStore) -> None:
+    failing = submitted(jobs, limit=2)
+    claim = jobs.claim("w1-a", 0.5)
+    assert jobs.fail(claim, {"code": "no_face", "message": "no face"}) and jobs.get(failing).error == {
+        "code": "no_face",
+        "message": "no face",
+    }
+    with pytest.raises(JobNotDone):
+        jobs.video(failing)
+    queued = [submitted(jobs, limit=2) for _ in range(2)]
+    with pytest.raises(Busy) as full:
+        submitted(jobs, limit=2)
+    assert full.value.code == "queue_full" and full.value.retry_after and jobs.waiting() == 2
+    cancelled = jobs.cancel(queued[0])
+    assert cancelled.status == "cancelled" and cancelled.error["code"] == "cancelled" and jobs.waiting() == 1
+    running = jobs.claim("w1-b", 0.5)
+    assert running.job_id == queued[1]  # the cancelled one is skipped
+    assert jobs.cancel(queued[1]).status == "cancelled" and not jobs.renew(running, 0.1) and not jobs.finish(running, b"x")
+    assert jobs.cancel(failing) is None  # a finished job: removed
+    for gone in (failing, "0" * 32):
+        with pytest.raises(JobNotFound):
+            jobs.get(gone)
+
+
+def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        store, jobs = RedisAvatarStore(connect(server.url), 10_000), RedisJobs(connect(server.url), LEASE_S, 60)
+        store.put("abc1", b"x", {"avatar_id": "abc1"})
+        job_id = submitted(jobs)
+        server.stop()
+        for call in (lambda: store.get("abc1"), lambda: jobs.get(job_id), lambda: submitted(jobs), lambda: jobs.claim("w-a", 0.1)):
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable) as down:
+                call()
+            assert down.value.retry_after and time.monotonic() - t0 < 10 and isinstance(down.value.__cause__, redis.RedisError)
+        server.start()  # the same port, the same append-only data
+        assert store.get("abc1") == {"avatar_id": "abc1"} and jobs.get(job_id).status == "queued"
+        assert jobs.claim("w-b", 1.0).job_id == job_id
