@@ -40,13 +40,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 # BIND: the server's default is loopback (127.0.0.1:$PORT), which a published port cannot reach inside a
 # container; listen on every interface of the container, and set API_KEY when the port is public.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    MODELS_DIR=/app/ir_models OV_CACHE_DIR=/app/ov_cache AVATAR_DIR=/app/avatars PORT=8000 BIND=0.0.0.0:8000
+    MODELS_DIR=/app/ir_models OV_CACHE_DIR=/app/ov_cache AVATAR_DIR=/app/avatars JOB_DIR=/app/jobs PORT=8000 BIND=0.0.0.0:8000
 WORKDIR /app
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 # A real home: gunicorn puts its control socket in ~/.gunicorn and OpenVINO its telemetry consent in ~/intel.
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin app \
- && mkdir -p "${OV_CACHE_DIR}" "${AVATAR_DIR}" && chown app:app "${OV_CACHE_DIR}" "${AVATAR_DIR}"
+ && mkdir -p "${OV_CACHE_DIR}" "${AVATAR_DIR}" "${JOB_DIR}" && chown app:app "${OV_CACHE_DIR}" "${AVATAR_DIR}" "${JOB_DIR}"
 COPY app.py gunicorn.conf.py ./
 COPY wav2lip_core/ wav2lip_core/
 COPY --from=convert /build/ir_models/ ir_models/

@@ -20,6 +20,7 @@ from harness import ROOT
 from harness.gunicorn import free_port
 
 SITE = ROOT / "deploy" / "nginx" / "lipsync.conf"
+UPSTREAM = ROOT / "deploy" / "nginx" / "upstream-compose.conf"  # compose's replicas: their lines become ours
 LISTEN = "listen 8080;"  # the site's own listen line, replaced by a loopback port here
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -31,16 +32,26 @@ def main_config(folder: Path, upstreams: list[str], port: int) -> str:
     if LISTEN not in site:
         raise RuntimeError(f"{SITE} has no '{LISTEN}' line to point at a loopback port")
     (folder / "site.conf").write_text(site.replace(LISTEN, f"listen 127.0.0.1:{port};"))
-    servers = "".join(f"        server {u} max_fails=1 fail_timeout=5s;\n" for u in upstreams)
+    (folder / "upstream.conf").write_text(upstream_block(upstreams))
     temps = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     user = "user root;\n" if os.geteuid() == 0 else ""  # as root the workers would otherwise drop to nobody and lose the folder
     return (
         f"{user}worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} info;\n"
         f"events {{ worker_connections 256; }}\n"
         f"http {{\n{temps}"
-        f"    upstream lipsync {{\n        least_conn;\n{servers}        keepalive 8;\n    }}\n"
-        f"    include {folder / 'site.conf'};\n}}\n"
+        f"    include {folder / 'upstream.conf'};\n    include {folder / 'site.conf'};\n}}\n"
     )
+
+
+def upstream_block(upstreams: list[str]) -> str:
+    """Compose's upstream block with its replicas' `server` lines replaced by `upstreams` (same parameters)."""
+    lines = UPSTREAM.read_text().splitlines()
+    at = [i for i, ln in enumerate(lines) if ln.strip().startswith("server ")]
+    if not at:
+        raise RuntimeError(f"{UPSTREAM} lists no 'server' line")
+    params = lines[at[0]].strip().split(" ", 2)[2]  # what follows "server <address>": max_fails, fail_timeout …
+    ours = [f"    server {u} {params}" for u in upstreams]
+    return "\n".join([*lines[: at[0]], *ours, *lines[at[-1] + 1 :]]) + "\n"
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Deployment files checked against the code: the Kubernetes manifests against the API's schemas
+(kubernetes-validate, strict), their probes against the app's routes, every variable they set against
+the Settings the server reads, and docker-compose's cluster profile against nginx's upstream list."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import fields
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from harness import ROOT
+from wav2lip_core.config import Settings
+
+K8S_VERSION = "1.37.0"
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+SETTINGS_VARS = {f.metadata["env"].var for f in fields(Settings)}
+
+
+def documents() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def containers(doc: dict) -> list[dict]:
+    return doc["spec"]["template"]["spec"]["containers"] if doc["kind"] in ("Deployment", "StatefulSet") else []
+
+
+def test_every_manifest_validates_strictly() -> None:
+    kinds = {doc["kind"] for doc in documents()}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "StatefulSet"} <= kinds
+    for doc in documents():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_validator_catches_a_mistake() -> None:
+    deployment = copy.deepcopy(next(d for d in documents() if d["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/readyz"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_probes_name_routes_of_the_app_and_env_names_settings() -> None:
+    from app import app
+
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    (server,) = [c for d in documents() for c in containers(d) if d["metadata"]["name"] == "lipsync"]
+    probes = {kind: server[kind]["httpGet"]["path"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes == {"startupProbe": "/health", "readinessProbe": "/readyz", "livenessProbe": "/livez"} and set(probes.values()) <= routes
+    assert {e["name"] for e in server["env"]} <= SETTINGS_VARS
+    port = int(next(e["value"] for e in server["env"] if e["name"] == "BIND").rsplit(":", 1)[1])
+    assert server["ports"][0]["containerPort"] == port
+
+
+def test_compose_cluster_replicas_are_nginx_upstreams_and_set_only_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    replicas = {name for name in cluster if name.startswith("lipsync-")}
+    assert {"redis", "nginx"} <= cluster and len(replicas) >= 2
+    upstream = (ROOT / "deploy" / "nginx" / "upstream-compose.conf").read_text()
+    assert set(re.findall(r"server (lipsync-\d+):8000", upstream)) == replicas
+    for name in (*replicas, "lipsync"):
+        env = services[name]["environment"]
+        assert set(env) <= SETTINGS_VARS, set(env) - SETTINGS_VARS
+    assert all(services[r]["environment"]["REDIS_URL"].startswith("redis://redis:") for r in replicas)
+    for mount in services["nginx"]["volumes"]:
+        assert (ROOT / mount.split(":")[0]).is_file(), mount
