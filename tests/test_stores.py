@@ -145,3 +145,22 @@ def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: P
         server.start()  # the same port, the same append-only data
         assert store.get("abc1") == {"avatar_id": "abc1"} and jobs.get(job_id).status == "queued"
         assert jobs.claim("w-b", 1.0).job_id == job_id
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_finished_job_and_its_video_expire_after_the_ttl(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if backend == "local":
+        jobs: JobStore = SqliteJobs(tmp_path / "jobs", LEASE_S, ttl_s=1)
+    else:
+        jobs = RedisJobs(connect(request.getfixturevalue("redis_server").url), LEASE_S, ttl_s=1, prefix=prefix())
+    job_id = submitted(jobs)
+    assert jobs.finish(jobs.claim("w-a", 0.5), b"mp4")
+    kept = jobs.video(job_id)
+    time.sleep(2.1)
+    with pytest.raises(JobNotFound):
+        jobs.get(job_id)
+    with pytest.raises(JobNotFound):
+        jobs.video(job_id)
+    if backend == "local":
+        submitted(jobs)  # a submit sweeps what expired: the file goes too
+        assert not kept.exists()
