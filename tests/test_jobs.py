@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -246,43 +245,6 @@ def test_d_id_urls_are_fetched_only_from_allowed_hosts(machine: Gunicorn, loopba
     assert status == 400 and json.loads(data)["error"]["code"] == "fetch_failed", data
 
 
-# ---------------------------------------------------------------- in process: the queue bound, interactive requests first
-
-
-@pytest.fixture(scope="module")
-def app_settings(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("jobs_in_process")
-    return make_settings(ir_blazeface, job_dir=tmp / "jobs", avatar_dir=tmp / "avatars")
-
-
-def test_the_queue_is_bounded(app_settings) -> None:
-    app = loaded_app(replace(app_settings, job_workers=0, job_queue_max=2))  # nobody runs them: they stay queued
-    client = app.test_client()
-    assert [client.post("/api/jobs", json=short_body(0.1)).status_code for _ in range(2)] == [202, 202]
-    full = client.post("/api/jobs", json=short_body(0.1))
-    assert full.status_code == 503 and full.get_json()["error"]["code"] == "queue_full" and int(full.headers["Retry-After"]) >= 1
-    assert app.extensions["models"].runner is None
-
-
-def test_a_request_goes_before_a_running_job(app_settings) -> None:
-    """One worker, one slot: a request arriving while a job computes is served between two of the job's batches."""
-    app = loaded_app(replace(app_settings, job_dir=app_settings.job_dir.with_name("jobs2")))
-    client = app.test_client()
-    job = client.post("/api/jobs", json=long_body()).get_json()
-    deadline = time.monotonic() + 60
-    while client.get(f"/api/jobs/{job['id']}").get_json()["progress"] < 0.1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    t0 = time.monotonic()
-    answer = client.post("/api/generate", json=short_body(1.0))
-    took = time.monotonic() - t0
-    during = client.get(f"/api/jobs/{job['id']}").get_json()
-    assert answer.status_code == 200 and during["status"] == "running" and during["progress"] < 1, during
-    print(f"a 1 s request while a job runs: {took * 1000:.0f} ms")
-    client.delete(f"/api/jobs/{job['id']}")
-    app.extensions["models"].runner.stop.set()
-
-
 def test_node_client_async_submits_polls_with_progress_and_downloads(machine: Gunicorn, node: str, tmp_path: Path) -> None:
     (tmp_path / "face.png").write_bytes(image_bytes(astronaut()))
     (tmp_path / "speech.wav").write_bytes(wav(speech_s(4.0)))
@@ -300,18 +262,55 @@ def test_node_client_async_submits_polls_with_progress_and_downloads(machine: Gu
     assert len(decode_mp4((tmp_path / "out.mp4").read_bytes()).frames) == 4 * FPS
 
 
-def test_with_an_api_key_only_the_video_url_is_open(app_settings) -> None:
+# ---------------------------------------------------------------- in process: one worker, one job thread, an API key
+
+KEY = {"Authorization": "Bearer k3y"}
+
+
+@pytest.fixture(scope="module")
+def client(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    tmp = tmp_path_factory.mktemp("jobs_in_process")
+    app = loaded_app(make_settings(ir_blazeface, job_dir=tmp / "jobs", avatar_dir=tmp / "avatars", api_key="k3y", job_queue_max=2))
+    yield app.test_client()
+    app.extensions["models"].runner.close()
+
+
+def running_long_job(client) -> str:
+    job_id = client.post("/api/jobs", json=long_body(), headers=KEY).get_json()["id"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job_id}", headers=KEY).get_json()["progress"] < 0.1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return job_id
+
+
+def test_a_request_goes_before_a_running_job_and_the_queue_is_bounded(client) -> None:
+    """One slot: a request arriving while a job computes is served between two of the job's batches; with the
+    job thread busy, JOB_QUEUE_MAX (2) jobs wait and the next is refused."""
+    job_id = running_long_job(client)
+    t0 = time.monotonic()
+    answer = client.post("/api/generate", json=short_body(1.0), headers=KEY)
+    took = time.monotonic() - t0
+    during = client.get(f"/api/jobs/{job_id}", headers=KEY).get_json()
+    assert answer.status_code == 200 and during["status"] == "running" and during["progress"] < 1, during
+    print(f"a 1 s request while a job runs: {took * 1000:.0f} ms")
+    waiting = [client.post("/api/jobs", json=short_body(0.1), headers=KEY) for _ in range(2)]
+    assert [w.status_code for w in waiting] == [202, 202]
+    full = client.post("/api/jobs", json=short_body(0.1), headers=KEY)
+    assert full.status_code == 503 and full.get_json()["error"]["code"] == "queue_full" and int(full.headers["Retry-After"]) >= 1
+    for job in (job_id, *(w.get_json()["id"] for w in waiting)):
+        assert client.delete(f"/api/jobs/{job}", headers=KEY).status_code == 200
+
+
+def test_with_an_api_key_only_the_video_url_is_open(client) -> None:
     """The result_url is a capability (a random 128-bit id), so a <video src> plays it; submitting and polling need the key."""
-    app = loaded_app(replace(app_settings, job_dir=app_settings.job_dir.with_name("jobs3"), api_key="k3y"))
-    client, auth = app.test_client(), {"Authorization": "Bearer k3y"}
     assert client.post("/api/jobs", json=short_body(0.2)).status_code == 401
-    job = client.post("/api/jobs", json=short_body(0.2), headers=auth).get_json()
+    job = client.post("/api/jobs", json=short_body(0.2), headers=KEY).get_json()
     assert client.get(f"/api/jobs/{job['id']}").status_code == 401
     deadline = time.monotonic() + 60
-    while client.get(f"/api/jobs/{job['id']}", headers=auth).get_json()["status"] != "done":
+    while client.get(f"/api/jobs/{job['id']}", headers=KEY).get_json()["status"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     video = client.get(f"/api/jobs/{job['id']}/video")
     assert video.status_code == 200 and video.mimetype == "video/mp4"
     assert client.delete(f"/api/jobs/{job['id']}").status_code == 401
-    app.extensions["models"].runner.stop.set()
