@@ -12,11 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import ROOT
+from harness import ROOT, process
 from harness.gunicorn import free_port
 
 SITE = ROOT / "deploy" / "nginx" / "lipsync.conf"
@@ -80,12 +79,7 @@ class Nginx:
         with self.access_log.open("ab") as log:
             cmd = [exe, "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"]
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._listening():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nginx did not start on port {self.port}:\n{self.log_tail()}")
-            time.sleep(0.05)
+        process.wait_ready(self.proc, self._listening, START_TIMEOUT_S, f"nginx on port {self.port}", self.log_tail)
         return self
 
     def _listening(self) -> bool:
@@ -101,14 +95,7 @@ class Nginx:
 
     def stop(self) -> None:
         """SIGQUIT (graceful), SIGKILL after STOP_TIMEOUT_S."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGQUIT)
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        process.stop(self.proc, signal.SIGQUIT, STOP_TIMEOUT_S)
 
     def __enter__(self) -> Nginx:
         return self.start()

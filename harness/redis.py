@@ -9,12 +9,14 @@ folder of the caller's, restartable on the same port with the same data, stopped
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import process
 from harness.gunicorn import free_port
 
 START_TIMEOUT_S = 20.0
@@ -41,12 +43,7 @@ class RedisServer:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--appendonly", "yes",
                 "--appendfsync", "always", "--save", "", "--daemonize", "no", "--logfile", str(self.data_dir / "redis.log")]  # fmt: skip
         self.proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._pong():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{self.log_tail()}")
-            time.sleep(0.05)
+        process.wait_ready(self.proc, self._pong, START_TIMEOUT_S, f"redis-server on port {self.port}", self.log_tail)
         return self
 
     def _pong(self) -> bool:
@@ -59,14 +56,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM (Redis flushes its append-only file), SIGKILL after STOP_TIMEOUT_S."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        process.stop(self.proc, signal.SIGTERM, STOP_TIMEOUT_S)
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down `down_s`, start again on the same port with the same data."""
