@@ -22,6 +22,7 @@ from helpers import (
     b64,
     decode_mp4,
     http,
+    idle_clip,
     image_bytes,
     loaded_app,
     make_settings,
@@ -314,3 +315,14 @@ def test_with_an_api_key_only_the_video_url_is_open(client) -> None:
     video = client.get(f"/api/jobs/{job['id']}/video")
     assert video.status_code == 200 and video.mimetype == "video/mp4"
     assert client.delete(f"/api/jobs/{job['id']}").status_code == 401
+
+
+def test_a_dubbing_job_runs_a_video_straight_through(machine: Gunicorn) -> None:
+    clip, _ = idle_clip(160, 120, frames=50)  # 2 s at 25 fps, played once (loop none), the speech replacing its sound
+    job = submit_job(machine.url, {"video": b64(clip), "audio": b64(wav(speech_s(2.0))), "loop": "none"})
+    done = wait_job(machine.url, job["id"])
+    assert done["status"] == "done", done
+    decoded = decode_mp4(http("GET", done["result_url"])[2])
+    assert (decoded.width, decoded.height, len(decoded.frames)) == (160, 120, 2 * FPS)
+    status, _, data = http("GET", f"{machine.url}/talk-status/{'f' * 32}")
+    assert status == 404 and json.loads(data)["error"]["code"] == "job_not_found"
