@@ -29,8 +29,9 @@ MODELS_TIMEOUT_S = 120
 
 
 def make_settings(models_dir: Path, **overrides: object) -> Settings:
-    """Default settings on `models_dir`, no compile cache, with `overrides`."""
-    return replace(Settings(), models_dir=models_dir, cache_dir=None, **overrides)
+    """Default settings on `models_dir`, no compile cache, no job threads (a job thread holds its app, and with it
+    the compiled models, until the process ends: tests of jobs ask for them), with `overrides`."""
+    return replace(Settings(), **({"models_dir": models_dir, "cache_dir": None, "job_workers": 0} | overrides))
 
 
 def loaded_app(settings: Settings):

@@ -271,7 +271,8 @@ KEY = {"Authorization": "Bearer k3y"}
 @pytest.fixture(scope="module")
 def client(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     tmp = tmp_path_factory.mktemp("jobs_in_process")
-    app = loaded_app(make_settings(ir_blazeface, job_dir=tmp / "jobs", avatar_dir=tmp / "avatars", api_key="k3y", job_queue_max=2))
+    settings = make_settings(ir_blazeface, job_dir=tmp / "jobs", avatar_dir=tmp / "avatars", api_key="k3y", job_queue_max=2, job_workers=1)
+    app = loaded_app(settings)
     yield app.test_client()
     app.extensions["models"].runner.close()
 
