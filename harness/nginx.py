@@ -1,17 +1,21 @@
-"""Real nginx in front of real replicas, for tests: deploy/nginx/lipsync.conf (what compose runs) on a
-free loopback port, with an upstream block of the given `host:port`s, everything else in `folder`.
+"""Real nginx in front of real replicas, for tests: deploy/nginx/lipsync.conf (what compose runs) on a free
+loopback port, with compose's upstream block (deploy/nginx/upstream-compose.conf) pointed at the given
+`host:port`s. Config, pid, logs and buffered bodies live in one folder: the caller's, or a temporary one
+removed on stop. Runs as root (workers stay root: they must write that folder) and as any other user.
 
-    with Nginx(["127.0.0.1:8001", "127.0.0.1:8002"], tmp_path / "nginx") as nginx:
+    with Nginx(["127.0.0.1:8001", "127.0.0.1:8002"]) as nginx:
         urllib.request.urlopen(f"{nginx.url}/health")
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,18 +25,27 @@ from harness.gunicorn import free_port
 SITE = ROOT / "deploy" / "nginx" / "lipsync.conf"
 UPSTREAM = ROOT / "deploy" / "nginx" / "upstream-compose.conf"  # compose's replicas: their lines become ours
 LISTEN = "listen 8080;"  # the site's own listen line, replaced by a loopback port here
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # every *_temp_path of the http module
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0  # per signal: SIGQUIT (graceful), SIGTERM (fast), then SIGKILL
+
+
+def executable() -> str:
+    """The nginx binary (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.access(exe, os.X_OK):
+        raise RuntimeError("nginx is not installed (Debian: apt-get install nginx; .ci/run does this)")
+    return exe
 
 
 def main_config(folder: Path, upstreams: list[str], port: int) -> str:
-    """nginx.conf for an unprivileged run in `folder`: pid, logs and temporary bodies there, the site included."""
+    """nginx.conf for a run in `folder`: pid, logs and temporary files there, the upstream block and the site included."""
     site = SITE.read_text()
     if LISTEN not in site:
         raise RuntimeError(f"{SITE} has no '{LISTEN}' line to point at a loopback port")
     (folder / "site.conf").write_text(site.replace(LISTEN, f"listen 127.0.0.1:{port};"))
     (folder / "upstream.conf").write_text(upstream_block(upstreams))
-    temps = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in TEMP_PATHS)
     user = "user root;\n" if os.geteuid() == 0 else ""  # as root the workers would otherwise drop to nobody and lose the folder
     return (
         f"{user}worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} info;\n"
@@ -56,9 +69,10 @@ def upstream_block(upstreams: list[str]) -> str:
 @dataclass
 class Nginx:
     upstreams: list[str]
-    folder: Path
+    folder: Path | None = None  # None: a temporary folder, removed on stop
     port: int = field(default=0, init=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _own_folder: bool = field(default=False, init=False)
 
     @property
     def url(self) -> str:
@@ -66,20 +80,42 @@ class Nginx:
 
     @property
     def access_log(self) -> Path:
-        return self.folder / "access.log"
+        """nginx's stdout and stderr: the site's JSON access log (`access_log /dev/stdout`)."""
+        return self._folder() / "access.log"
 
-    def start(self) -> Nginx:
-        exe = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not os.access(exe, os.X_OK):
-            raise RuntimeError("nginx is not installed (Debian: apt-get install nginx; .ci/run does this)")
+    def _folder(self) -> Path:
+        if self.folder is None:
+            raise RuntimeError("nginx is not started")
+        return self.folder
+
+    def _command(self, *args: str) -> list[str]:
+        folder = self._folder()  # -e: the error log from the start, not Debian's /var/log/nginx (unwritable for a user)
+        return [executable(), "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf"), *args]
+
+    def write_config(self) -> Path:
+        """The folder with nginx.conf, the site and the upstream block, on a newly chosen free port."""
+        if self.folder is None:
+            self.folder, self._own_folder = Path(tempfile.mkdtemp(prefix="lipsync-nginx-")), True
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        conf = self.folder / "nginx.conf"
-        conf.write_text(main_config(self.folder, self.upstreams, self.port))
-        with self.access_log.open("ab") as log:
-            cmd = [exe, "-p", str(self.folder), "-c", str(conf), "-g", "daemon off;"]
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        process.wait_ready(self.proc, self._listening, START_TIMEOUT_S, f"nginx on port {self.port}", self.log_tail)
+        (self.folder / "nginx.conf").write_text(main_config(self.folder, self.upstreams, self.port))
+        return self.folder
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """`nginx -t` on this configuration (written first if needed): returncode 0 and "syntax is ok" when valid."""
+        if self.folder is None or not (self.folder / "nginx.conf").exists():
+            self.write_config()
+        return subprocess.run(self._command("-t"), capture_output=True, text=True, timeout=30)
+
+    def start(self) -> Nginx:
+        self.write_config()
+        with self.access_log.open("ab") as log:  # new session: on SIGKILL the whole group (master and workers) goes
+            self.proc = subprocess.Popen(self._command("-g", "daemon off;"), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            process.wait_ready(self.proc, self._listening, START_TIMEOUT_S, f"nginx on port {self.port}", self.log_tail)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _listening(self) -> bool:
@@ -89,13 +125,23 @@ class Nginx:
         except OSError:
             return False
 
+    def records(self) -> list[dict]:
+        """The JSON lines of the access log, oldest first."""
+        lines = self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
     def log_tail(self, lines: int = 15) -> str:
-        logs = [self.folder / "error.log", self.access_log]
+        logs = [self._folder() / "error.log", self.access_log]
         return "\n".join(line for p in logs if p.exists() for line in p.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        """SIGQUIT (graceful), SIGKILL after STOP_TIMEOUT_S."""
-        process.stop(self.proc, signal.SIGQUIT, STOP_TIMEOUT_S)
+        """SIGQUIT (graceful), then SIGTERM (fast), then SIGKILL to master and workers; a temporary folder is removed."""
+        try:
+            process.stop(self.proc, signal.SIGQUIT, STOP_TIMEOUT_S, fallback=signal.SIGTERM, group=True)
+        finally:
+            if self._own_folder and self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder, self._own_folder = None, False
 
     def __enter__(self) -> Nginx:
         return self.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -20,13 +22,25 @@ def wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout
         time.sleep(POLL_S)
 
 
-def stop(proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout_s: float) -> None:
-    """`sig` (the server's graceful stop), SIGKILL after `timeout_s`."""
+def stop(
+    proc: subprocess.Popen[bytes] | None, sig: signal.Signals, timeout_s: float, fallback: signal.Signals | None = None, group: bool = False
+) -> None:
+    """`sig` (the server's graceful stop), then `fallback` if given, each for `timeout_s`, then SIGKILL; with
+    `group` (a process started with start_new_session) SIGKILL goes to its whole group, children included."""
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+    for s in (sig, fallback):
+        if s is None:
+            continue
+        proc.send_signal(s)
+        try:
+            proc.wait(timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    if group:
+        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+            os.killpg(proc.pid, signal.SIGKILL)
+    else:
         proc.kill()
-        proc.wait()
+    proc.wait()
