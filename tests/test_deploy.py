@@ -1,23 +1,32 @@
 """Deployment files checked against the code: the Kubernetes manifests against the API's schemas
 (kubernetes-validate, strict), their probes against the app's routes, every variable they set against
-the Settings the server reads, and docker-compose's cluster profile against nginx's upstream list."""
+the Settings the server reads, docker-compose's cluster profile against nginx's upstream list, and the
+nginx configuration with `nginx -t` and against the server's limits."""
 
 from __future__ import annotations
 
 import copy
 import re
 from dataclasses import fields
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from harness import ROOT
+from harness.nginx import SITE, UPSTREAM, Nginx
 from wav2lip_core.config import Settings
 
 K8S_VERSION = "1.37.0"
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 SETTINGS_VARS = {f.metadata["env"].var for f in fields(Settings)}
+
+
+def directive(path: Path, name: str) -> str:
+    """The value of the one `name value;` line in an nginx or gunicorn config file."""
+    (value,) = re.findall(rf"^\s*{name}(?:\s*=\s*|\s+)([^;#\n]+?);?\s*(?:#.*)?$", path.read_text(), re.MULTILINE)
+    return value
 
 
 def documents() -> list[dict]:
@@ -66,5 +75,20 @@ def test_compose_cluster_replicas_are_nginx_upstreams_and_set_only_settings() ->
         env = services[name]["environment"]
         assert set(env) <= SETTINGS_VARS, set(env) - SETTINGS_VARS
     assert all(services[r]["environment"]["REDIS_URL"].startswith("redis://redis:") for r in replicas)
-    for mount in services["nginx"]["volumes"]:
-        assert (ROOT / mount.split(":")[0]).is_file(), mount
+    mounted = {(ROOT / mount.split(":")[0]).resolve() for mount in services["nginx"]["volumes"]}
+    assert mounted == {SITE, UPSTREAM}  # the files the suite runs nginx with (harness/nginx.py)
+
+
+def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
+    result = Nginx(["127.0.0.1:8001", "127.0.0.1:8002"], tmp_path / "nginx").check()
+    assert result.returncode == 0 and "syntax is ok" in result.stderr, result.stderr
+
+
+def test_nginx_limits_match_the_servers() -> None:
+    defaults = Settings()
+    assert directive(SITE, "client_max_body_size") == f"{defaults.max_request_bytes // 2**20}m"  # MAX_REQUEST_BYTES
+    assert int(directive(SITE, "proxy_read_timeout").removesuffix("s")) > defaults.request_timeout_s  # the app's 504 first
+    keepalive = int(directive(ROOT / "gunicorn.conf.py", "keepalive"))
+    assert int(directive(UPSTREAM, "keepalive_timeout").removesuffix("s")) < keepalive  # nginx closes idle connections first
+    (deployment,) = [d for d in documents() if d["kind"] == "Deployment" and d["metadata"]["name"] == "lipsync"]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= defaults.graceful_timeout_s()
