@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# make docker-smoke: build the image from a clean checkout of HEAD (committed files only), run it, check
-# /health and one /api/generate, print the build time and the image size; remove the container and the checkout.
+# make docker-smoke: build the image from a clean checkout of HEAD (committed files only), run it, check that
+# torch is not in it, /health and one /api/generate; print the build time and the image size; remove the container
+# and the checkout (the image stays, tagged wav2lip-openvino-server:smoke, as the next build's cache).
 # Not part of `make test`: it takes minutes and a few GB. podman or docker (ENGINE=… to choose).
 #
 # Machines behind a TLS-intercepting proxy or without PyTorch's wheel index (as the ones this project is built
-# on) pass what the build needs through BUILD_ARGS; when unset it is detected:
+# on) pass what the build needs through BUILD_ARGS; when unset, with podman, it is detected (docker's build has no
+# -v: set BUILD_ARGS yourself):
 #   - extra CA certificates in /usr/local/share/ca-certificates → the host's CA bundle mounted into the build;
 #   - a wheel folder /opt/wheels → mounted, PIP_FIND_LINKS=/opt/wheels and TORCH_INDEX= (torch from there);
-#   - podman → --network host (its build network may have no DNS).
+#   - --network host (podman's build network may have no DNS).
+# EXTRA_BUILD_ARGS is added either way, e.g. EXTRA_BUILD_ARGS=--no-cache to time a build from scratch.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 engine=${ENGINE:-$(command -v podman || command -v docker || true)}
@@ -20,17 +23,27 @@ trap cleanup EXIT
 
 if [ -z "${BUILD_ARGS+x}" ]; then
   BUILD_ARGS=""
-  [ "$(basename "$engine")" = podman ] && BUILD_ARGS+=" --pull=never --format docker --network host"
-  ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1 && BUILD_ARGS+=" -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro"
-  [ -d /opt/wheels ] && BUILD_ARGS+=" -v /opt/wheels:/opt/wheels:ro --build-arg PIP_FIND_LINKS=/opt/wheels --build-arg TORCH_INDEX="
+  if [ "$(basename "$engine")" = podman ]; then
+    BUILD_ARGS+=" --pull=never --format docker --network host"
+    ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1 && BUILD_ARGS+=" -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro"
+    [ -d /opt/wheels ] && BUILD_ARGS+=" -v /opt/wheels:/opt/wheels:ro --build-arg PIP_FIND_LINKS=/opt/wheels --build-arg TORCH_INDEX="
+  fi
 fi
+BUILD_ARGS+=" ${EXTRA_BUILD_ARGS:-}"
 
-git clone -q "$root" "$work/src"
-echo "docker-smoke: building $(git -C "$work/src" rev-parse --short HEAD) with $engine $BUILD_ARGS"
+# The commit checked out here (a worktree's HEAD, detached or not), and nothing uncommitted.
+commit=$(git -C "$root" rev-parse HEAD)
+[ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] || echo "docker-smoke: uncommitted changes are not built" >&2
+git clone -q --no-checkout "$root" "$work/src"
+git -C "$work/src" checkout -q --detach "$commit"
+echo "docker-smoke: building ${commit:0:7} with $engine $BUILD_ARGS"
 t0=$(date +%s)
 # shellcheck disable=SC2086  # BUILD_ARGS is a list of words
 "$engine" build $BUILD_ARGS -t "$tag" "$work/src"
 built=$(( $(date +%s) - t0 ))
+# torch belongs to the convert stage only: the runtime image must not be able to import it.
+torch=$("$engine" run --rm --entrypoint python "$tag" -c 'import importlib.util; print(importlib.util.find_spec("torch") is not None)')
+[ "$torch" = False ] || { echo "docker-smoke: torch is importable in the runtime image ($torch)" >&2; exit 1; }
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$engine" run -d --name "$name" --shm-size 256m -p "127.0.0.1:$port:8000" "$tag" >/dev/null
