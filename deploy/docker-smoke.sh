@@ -3,14 +3,7 @@
 # torch is not in it, /health and one /api/generate; print the build time and the image size; remove the container
 # and the checkout (the image stays, tagged wav2lip-openvino-server:smoke, as the next build's cache).
 # Not part of `make test`: it takes minutes and a few GB. podman or docker (ENGINE=… to choose).
-#
-# Machines behind a TLS-intercepting proxy or without PyTorch's wheel index (as the ones this project is built
-# on) pass what the build needs through BUILD_ARGS; when unset, with podman, it is detected (docker's build has no
-# -v: set BUILD_ARGS yourself):
-#   - extra CA certificates in /usr/local/share/ca-certificates → the host's CA bundle mounted into the build;
-#   - a wheel folder /opt/wheels → mounted, PIP_FIND_LINKS=/opt/wheels and TORCH_INDEX= (torch from there);
-#   - --network host (podman's build network may have no DNS).
-# EXTRA_BUILD_ARGS is added either way, e.g. EXTRA_BUILD_ARGS=--no-cache to time a build from scratch.
+# How the image is built (and what BUILD_ARGS / EXTRA_BUILD_ARGS do): deploy/build-image.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 engine=${ENGINE:-$(command -v podman || command -v docker || true)}
@@ -21,25 +14,14 @@ work=$(mktemp -d -t lipsync-smoke-XXXXXX)
 cleanup() { "$engine" rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-if [ -z "${BUILD_ARGS+x}" ]; then
-  BUILD_ARGS=""
-  if [ "$(basename "$engine")" = podman ]; then
-    BUILD_ARGS+=" --pull=never --format docker --network host"
-    ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1 && BUILD_ARGS+=" -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro"
-    [ -d /opt/wheels ] && BUILD_ARGS+=" -v /opt/wheels:/opt/wheels:ro --build-arg PIP_FIND_LINKS=/opt/wheels --build-arg TORCH_INDEX="
-  fi
-fi
-BUILD_ARGS+=" ${EXTRA_BUILD_ARGS:-}"
-
 # The commit checked out here (a worktree's HEAD, detached or not), and nothing uncommitted.
 commit=$(git -C "$root" rev-parse HEAD)
 [ -z "$(git -C "$root" status --porcelain --untracked-files=no)" ] || echo "docker-smoke: uncommitted changes are not built" >&2
 git clone -q --no-checkout "$root" "$work/src"
 git -C "$work/src" checkout -q --detach "$commit"
-echo "docker-smoke: building ${commit:0:7} with $engine $BUILD_ARGS"
+echo "docker-smoke: building ${commit:0:7}"
 t0=$(date +%s)
-# shellcheck disable=SC2086  # BUILD_ARGS is a list of words
-"$engine" build $BUILD_ARGS -t "$tag" "$work/src"
+ENGINE=$engine "$work/src/deploy/build-image.sh" "$work/src" "$tag"
 built=$(( $(date +%s) - t0 ))
 # torch belongs to the convert stage only: the runtime image must not be able to import it.
 torch=$("$engine" run --rm --entrypoint python "$tag" -c 'import importlib.util; print(importlib.util.find_spec("torch") is not None)')
@@ -69,4 +51,4 @@ health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", tim
 print(f"docker-smoke: /api/generate → {len(mp4)} bytes, {frames} frames; /health {health['status']}, generator weights {health['generator_weights']}")
 PY
 size=$("$engine" image inspect "$tag" --format '{{.Size}}')
-echo "docker-smoke: passed — built in ${built} s, ready in ${ready} s, image $(( size / 1000000 )) MB"
+echo "docker-smoke: passed — built in ${built} s, ready in ${ready} s, image $(( size / 1000000 )) MB, no torch in it"
