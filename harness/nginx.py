@@ -1,7 +1,8 @@
 """Real nginx in front of real replicas, for tests: deploy/nginx/lipsync.conf (what compose runs) on a free
 loopback port, with compose's upstream block (deploy/nginx/upstream-compose.conf) pointed at the given
-`host:port`s. Config, pid, logs and buffered bodies live in one folder: the caller's, or a temporary one
-removed on stop. Runs as root (workers stay root: they must write that folder) and as any other user.
+`host:port`s, both in a conf.d folder included as compose's nginx includes deploy/nginx/. Config, pid, logs
+and buffered bodies live in one folder: the caller's, or a temporary one removed on stop. Runs as root
+(workers stay root: they must write that folder) and as any other user.
 
     with Nginx(["127.0.0.1:8001", "127.0.0.1:8002"]) as nginx:
         urllib.request.urlopen(f"{nginx.url}/health")
@@ -39,19 +40,22 @@ def executable() -> str:
 
 
 def main_config(folder: Path, upstreams: list[str], port: int) -> str:
-    """nginx.conf for a run in `folder`: pid, logs and temporary files there, the upstream block and the site included."""
+    """nginx.conf for a run in `folder`: pid, logs and temporary files there; folder/conf.d holds the site and the
+    upstream block under their own names, included in name order as compose's nginx includes deploy/nginx/*.conf."""
     site = SITE.read_text()
     if LISTEN not in site:
         raise RuntimeError(f"{SITE} has no '{LISTEN}' line to point at a loopback port")
-    (folder / "site.conf").write_text(site.replace(LISTEN, f"listen 127.0.0.1:{port};"))
-    (folder / "upstream.conf").write_text(upstream_block(upstreams))
+    confd = folder / "conf.d"
+    confd.mkdir(exist_ok=True)
+    (confd / SITE.name).write_text(site.replace(LISTEN, f"listen 127.0.0.1:{port};"))
+    (confd / UPSTREAM.name).write_text(upstream_block(upstreams))
     temps = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in TEMP_PATHS)
     user = "user root;\n" if os.geteuid() == 0 else ""  # as root the workers would otherwise drop to nobody and lose the folder
     return (
         f"{user}worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} info;\n"
         f"events {{ worker_connections 256; }}\n"
         f"http {{\n{temps}"
-        f"    include {folder / 'upstream.conf'};\n    include {folder / 'site.conf'};\n}}\n"
+        f"    include {confd}/*.conf;\n}}\n"
     )
 
 
