@@ -6,12 +6,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from harness.gunicorn import free_port
 from harness.redis import RedisServer
+from wav2lip_core.backend import open_avatars
+from wav2lip_core.config import Settings
 from wav2lip_core.errors import AvatarNotFound, BadRequest, Busy, JobNotDone, JobNotFound, StoreUnavailable
 from wav2lip_core.jobs import Claim, JobStore, new_job
 from wav2lip_core.jobs_redis import RedisJobs
@@ -145,6 +149,47 @@ def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: P
         server.start()  # the same port, the same append-only data
         assert store.get("abc1") == {"avatar_id": "abc1"} and jobs.get(job_id).status == "queued"
         assert jobs.claim("w-b", 1.0).job_id == job_id
+
+
+def test_redis_killed_or_restarted_loses_no_avatar_and_the_same_client_carries_on(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        store = RedisAvatarStore(connect(server.url), 10_000)
+        store.put("abc1", b"x", {"avatar_id": "abc1"})
+        store.alias("me", "abc1")
+        server.kill()  # appendfsync always: acknowledged is on disk
+        with pytest.raises(StoreUnavailable) as down:
+            store.put("abc2", b"y", {"avatar_id": "abc2"})
+        assert down.value.retry_after and server.url in down.value.message
+        server.start()
+        assert store.get("me") == {"avatar_id": "abc1"} and store.media("abc1") == b"x"
+        server.restart(down_s=0.2)  # every pooled connection is stale now: each is retried once on a new one
+        assert store.put("abc2", b"y", {"avatar_id": "abc2"}) and [m["avatar_id"] for m in store.list()] == ["abc2", "abc1"]
+
+
+def test_redis_stalled_is_a_typed_503_after_one_socket_timeout(tmp_path: Path) -> None:
+    """A Redis that accepts connections but answers nothing: one timeout, not retried, then 503 (not a hung request)."""
+    timeout_s = 0.5
+    with RedisServer(tmp_path / "redis") as server:
+        store = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000)
+        store.put("abc1", b"x", {"avatar_id": "abc1"})
+        with server.stalled():
+            for fresh in (False, True):  # a pooled connection, and a new client's handshake
+                client = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000) if fresh else store
+                t0 = time.monotonic()
+                with pytest.raises(StoreUnavailable) as down:
+                    client.get("abc1")
+                waited = time.monotonic() - t0
+                assert isinstance(down.value.__cause__, redis.TimeoutError) and waited < 2 * timeout_s, (fresh, waited)
+        assert store.get("abc1") == {"avatar_id": "abc1"}
+
+
+def test_redis_is_reached_on_first_use_and_its_password_never_shown() -> None:
+    """A worker starts while Redis is down (only what needs it fails, and says where it looked, without the password)."""
+    port = free_port()
+    store = open_avatars(replace(Settings(), redis_url=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    with pytest.raises(StoreUnavailable) as down:
+        store.list()
+    assert f"redis://127.0.0.1:{port}/0" in down.value.message and "s3cret" not in down.value.message
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

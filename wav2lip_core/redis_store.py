@@ -17,7 +17,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -28,29 +28,53 @@ from .store import NAME, check_alias, check_id
 
 SOCKET_TIMEOUT_S = 5.0  # a command that takes longer: Redis is stuck or gone
 CONNECT_TIMEOUT_S = 2.0
+HEALTH_CHECK_S = 10  # a connection idle this long is PINGed before use
 RETRY_AFTER_S = 2
+# Unreachable, stalled, loading its data, a read-only replica, full (maxmemory): the request may succeed later
+OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, redis.OutOfMemoryError)
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for `url` (connects on first use); one quick retry of a dropped connection, then an error."""
+class HasClient(Protocol):
+    """What `unavailable` decorates the methods of: an object holding its Redis client as `r`."""
+
+    r: redis.Redis
+
+
+S = TypeVar("S", bound=HasClient)
+
+
+def connect(url: str, timeout_s: float = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client for `url` (it connects on first use: a Redis down at start fails only the requests that need it)."""
+    # One immediate retry of a dropped connection (after a Redis restart every pooled one is); never of a
+    # timeout: Redis is stalled, and a retry would only double the wait before the 503.
     return redis.Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=10,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
+        url, socket_timeout=timeout_s, socket_connect_timeout=min(CONNECT_TIMEOUT_S, timeout_s),
+        health_check_interval=HEALTH_CHECK_S, retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )  # fmt: skip
 
 
-def unavailable(method: Callable[P, T]) -> Callable[P, T]:
-    """Decorate a store method: Redis unreachable, loading or read-only → `StoreUnavailable`, said plainly."""
+def where(client: redis.Redis) -> str:
+    """The client's server as a URL without its credentials, for messages."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    scheme = "rediss" if issubclass(client.connection_pool.connection_class, redis.SSLConnection) else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def unavailable(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+    """Decorate a method of an object with a Redis client `r`: an outage of that Redis → `StoreUnavailable`, said plainly."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError) as e:
+            return method(self, *args, **kwargs)
+        except OUTAGES as e:
             raise StoreUnavailable(
-                f"the shared store (Redis) is unavailable: {type(e).__name__}: {e}; retry shortly (operators: check REDIS_URL)",
+                f"the shared store (Redis at {where(self.r)}) is unavailable: {type(e).__name__}: {e}; retry shortly "
+                "(operators: is Redis up, writable and below maxmemory, and REDIS_URL right?)",
                 retry_after=RETRY_AFTER_S,
             ) from e
 
