@@ -45,13 +45,24 @@ def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     return RedisJobs(connect(request.getfixturevalue("redis_server").url), LEASE_S, ttl_s=60, prefix=prefix())
 
 
-def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars) -> None:
-    results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(avatars.put("abc1", b"x" * 1000, {"avatar_id": "abc1"}))) for _ in range(8)]
+def registered_at_once(avatars: Avatars, idents: list[str], media: bytes) -> list[bool]:
+    """Put each of `idents` from its own thread, all released together; what the puts returned."""
+    start, created = threading.Barrier(len(idents)), []
+
+    def register(ident: str) -> None:
+        start.wait()
+        created.append(avatars.put(ident, media, {"avatar_id": ident}))
+
+    threads = [threading.Thread(target=register, args=(ident,)) for ident in idents]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return created
+
+
+def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars) -> None:
+    results = registered_at_once(avatars, ["abc1"] * 8, b"x" * 1000)
     assert sorted(results) == [False] * 7 + [True] and avatars.media("abc1") == b"x" * 1000
     avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
     time.sleep(0.01)
@@ -69,8 +80,10 @@ def test_avatar_aliases_extras_and_delete(avatars: Avatars) -> None:
     assert avatars.get("seed.avatar_1")["avatar_id"] == "abc1" and avatars.resolve("seed.avatar_1") == "abc1"
     avatars.alias("seed.avatar_1", "abc2")  # repointed
     assert avatars.get("seed.avatar_1")["avatar_id"] == "abc2"
-    avatars.alias("abc2", "abc1")
-    assert avatars.resolve("abc2") == "abc2"  # a registered id wins over an alias
+    for name in ("abc2", "meta.json", ".hidden", "A-b_c.d"):  # even names that look like ids or store files
+        avatars.alias(name, "abc1")
+        assert avatars.resolve(name) == ("abc2" if name == "abc2" else "abc1")  # a registered id wins over an alias
+    assert avatars.get("meta.json")["avatar_id"] == "abc1" and len(avatars.list()) == 2  # an alias is never taken for an avatar
     for bad in (".", "..", "a/b", "", "x" * 129):
         with pytest.raises(BadRequest):
             avatars.alias(bad, "abc1")
@@ -84,6 +97,27 @@ def test_avatar_aliases_extras_and_delete(avatars: Avatars) -> None:
     for call in (lambda: avatars.get("abc1"), lambda: avatars.media("abc1"), lambda: avatars.delete("abc1"), lambda: avatars.get("../x")):
         with pytest.raises(AvatarNotFound):
             call()
+
+
+def test_avatar_extras_count_against_the_budget(avatars: Avatars) -> None:
+    avatars.put("abc1", b"x" * 1000, {"avatar_id": "abc1"})
+    avatars.put_extra("abc1", "idle.mp4", b"i" * 1500)
+    avatars.put_extra("abc1", "idle.mp4", b"i" * 10)  # replaced: only the new one counts
+    avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
+    assert len(avatars.list()) == 2
+    avatars.put_extra("abc2", "idle.mp4", b"i" * 1500)  # over the budget now, but only a registration evicts
+    avatars.put("abc3", b"z" * 10, {"avatar_id": "abc3"})
+    assert [m["avatar_id"] for m in avatars.list()] == ["abc3", "abc2"]
+    with pytest.raises(AvatarNotFound):
+        avatars.put_extra("abc1", "idle.mp4", b"i")  # evicted: nothing is written for it
+
+
+def test_concurrent_registrations_over_the_budget_leave_exactly_one(avatars: Avatars) -> None:
+    """Any two avatars are over the budget: however registrations interleave, they never evict each other down to none."""
+    for round_ in range(20):  # a race: many rounds make a lost one likely to show
+        created = registered_at_once(avatars, [f"r{round_}k{k}" for k in range(8)], b"x" * 2000)
+        left = [m["avatar_id"] for m in avatars.list()]
+        assert created == [True] * 8 and len(left) == 1, (round_, left)
 
 
 def submitted(jobs: JobStore, limit: int = 10) -> str:

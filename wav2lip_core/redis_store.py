@@ -1,21 +1,23 @@
 """Redis for several replicas (`REDIS_URL`): the connection, its failures as a typed 503, and the avatar store.
 
 `RedisAvatarStore` behaves as the directory store (store.py) does — the same interface, ids, aliases,
-least-recently-used eviction beyond a byte budget — so any replica serves an avatar registered on
-another. Keys (prefix `lipsync:`): `avatar:<id>` a hash (`meta`, `media`, `extra:<name>`, `size`),
-`avatars` a sorted set of ids by last use, `avatars:bytes` the running total, `alias:<name>` an id.
-A registration is one Lua script: of two replicas registering the same avatar at once, exactly one
-creates it.
+least-recently-used eviction beyond a byte budget, extras counted in it — so any replica serves an
+avatar registered on another. Keys (prefix `lipsync:`): `avatar:<id>` a hash (`meta`, `media`,
+`extra:<name>`, `size` the sum of them), `avatars` a sorted set of ids by last use, `avatars:used` the
+use counter that orders it (not the replicas' clocks, which differ), `avatars:bytes` the running total,
+`alias:<name>` an id. A registration and the evictions it causes are one Lua script: of two replicas
+registering the same avatar at once exactly one creates it, and two registering different ones never
+evict each other both. The scripts name the avatars they evict: a standalone Redis, not Redis Cluster.
 
 A Redis that cannot be reached is `StoreUnavailable` (503, `Retry-After`), raised within the socket
-timeouts; redis-py reconnects on the next call, so the server recovers when Redis is back.
+timeout; redis-py reconnects on the next call, so the server recovers when Redis is back.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import time
+import logging
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -24,7 +26,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import AvatarNotFound, StoreUnavailable
-from .store import NAME, check_alias, check_id
+from .store import check_alias, check_id, resolve_with
+
+log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT_S = 5.0  # a command that takes longer: Redis is stuck or gone
 CONNECT_TIMEOUT_S = 2.0
@@ -81,21 +85,52 @@ def unavailable(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[
     return wrapper
 
 
-_PUT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]); return 0
+# Every script's KEYS: the avatar, the use order (sorted set), the byte total, the use counter.
+_REMOVE = """
+local function remove(key, id)  -- the avatar and its place in the use order; the new total (nil if it was gone)
+  redis.call('ZREM', KEYS[2], id)
+  local size = redis.call('HGET', key, 'size')
+  if not size then return nil end
+  redis.call('UNLINK', key)
+  return redis.call('DECRBY', KEYS[3], size)
 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'media', ARGV[3], 'size', string.len(ARGV[2]) + string.len(ARGV[3]))
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('INCRBY', KEYS[3], string.len(ARGV[2]) + string.len(ARGV[3]))
+"""
+_PUT = (
+    _REMOVE
+    + """
+-- ARGV: id, meta, media, budget, prefix of avatar keys → {1 if created, evicted ids...}
+local used = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[2], used, ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 'meta') == 1 then return {0} end
+local size = #ARGV[2] + #ARGV[3]
+redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'media', ARGV[3], 'size', size)
+local total, budget, evicted = redis.call('INCRBY', KEYS[3], size), tonumber(ARGV[4]), {1}
+if total <= budget then return evicted end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do  -- least recently used first
+  if total <= budget then break end
+  if id ~= ARGV[1] then
+    total = remove(ARGV[5] .. id, id) or total
+    table.insert(evicted, id)
+  end
+end
+return evicted
+"""
+)
+_GET = """
+local meta = redis.call('HGET', KEYS[1], 'meta')
+if meta then redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[4]), ARGV[1]) end
+return meta
+"""
+_PUT_EXTRA = """
+-- ARGV: field, data; 0 if the avatar is not there (never a hash of extras alone)
+if redis.call('HEXISTS', KEYS[1], 'meta') == 0 then return 0 end
+local grown = #ARGV[2] - redis.call('HSTRLEN', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'size', grown)
+redis.call('INCRBY', KEYS[3], grown)
 return 1
 """
-_DELETE = """
-local size = redis.call('HGET', KEYS[1], 'size')
-if not size then return 0 end
-redis.call('DEL', KEYS[1]); redis.call('ZREM', KEYS[2], ARGV[1]); redis.call('DECRBY', KEYS[3], size)
-return 1
-"""
+_DELETE = _REMOVE + "return remove(KEYS[1], ARGV[1]) and 1 or 0"
 
 
 class RedisAvatarStore:
@@ -103,26 +138,31 @@ class RedisAvatarStore:
 
     def __init__(self, client: redis.Redis, max_bytes: int, prefix: str = "lipsync:"):
         self.r, self.max_bytes, self.p = client, max_bytes, prefix
-        self.lru, self.total = f"{prefix}avatars", f"{prefix}avatars:bytes"
-        self._put, self._delete = client.register_script(_PUT), client.register_script(_DELETE)
+        self._put, self._get, self._put_extra, self._delete = (client.register_script(s) for s in (_PUT, _GET, _PUT_EXTRA, _DELETE))
 
     def _key(self, avatar_id: str) -> str:
         return f"{self.p}avatar:{check_id(avatar_id)}"
 
+    def _keys(self, avatar_id: str) -> list[str]:
+        """What every script is given: the avatar's key, then the store's own."""
+        return [self._key(avatar_id), f"{self.p}avatars", f"{self.p}avatars:bytes", f"{self.p}avatars:used"]
+
     @unavailable
     def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
-        created = bool(self._put(keys=[self._key(avatar_id), self.lru, self.total], args=[avatar_id, json.dumps(meta), media, time.time()]))
-        if created:
-            self._evict(keep=avatar_id)
-        return created
+        """Store once; False if it was already there (same id: same content and options)."""
+        args = [avatar_id, json.dumps(meta), media, self.max_bytes, f"{self.p}avatar:"]
+        created, *evicted = self._put(keys=self._keys(avatar_id), args=args)
+        for ident in evicted:
+            log.info("avatar store over %d bytes: evicted %s (least recently used)", self.max_bytes, ident.decode())
+        return bool(created)
 
     @unavailable
     def get(self, avatar_id: str) -> dict[str, Any]:
+        """The avatar's metadata (by id or alias), marking it used; AvatarNotFound if unknown (or evicted)."""
         ident = self.resolve(avatar_id)
-        meta = self.r.hget(self._key(ident), "meta")
+        meta = self._get(keys=self._keys(ident), args=[ident])
         if meta is None:
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}: register it with POST /api/avatars")
-        self.r.zadd(self.lru, {ident: time.time()}, xx=True)
         return json.loads(meta)
 
     @unavailable
@@ -134,46 +174,43 @@ class RedisAvatarStore:
 
     @unavailable
     def extra(self, avatar_id: str, name: str) -> bytes | None:
+        """A derived file kept with the avatar (e.g. its idle loop), or None if not made yet."""
         return self.r.hget(self._key(avatar_id), f"extra:{name}")
 
     @unavailable
     def put_extra(self, avatar_id: str, name: str, data: bytes) -> None:
-        key = self._key(avatar_id)
-        if not self.r.exists(key):
+        """Keep a derived file with the avatar, counted in its size; last writer wins, all write the same."""
+        if not self._put_extra(keys=self._keys(avatar_id), args=[f"extra:{name}", data]):
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
-        self.r.hset(key, f"extra:{name}", data)  # derived data: not counted against the budget, as on disk it is small
 
     @unavailable
     def alias(self, name: str, avatar_id: str) -> None:
+        """Let `name` stand for the registered avatar `avatar_id`; naming another avatar so later repoints it."""
         check_alias(name)
-        if not self.r.exists(self._key(avatar_id)):
+        if not self.r.hexists(self._key(avatar_id), "meta"):
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
         self.r.set(f"{self.p}alias:{name}", avatar_id)
 
     @unavailable
     def resolve(self, name: str) -> str:
-        if not NAME.match(name):
-            return name
-        if name.isalnum() and self.r.exists(f"{self.p}avatar:{name}"):
-            return name
+        """The avatar id `name` stands for (store.resolve_with)."""
+        return resolve_with(name, lambda i: bool(self.r.hexists(self._key(i), "meta")), self._alias_target)
+
+    def _alias_target(self, name: str) -> str | None:
         target = self.r.get(f"{self.p}alias:{name}")
-        return target.decode() if target is not None else name
+        return None if target is None else target.decode()
 
     @unavailable
     def list(self) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.r.zrevrange(self.lru, 0, -1)]
-        metas = [self.r.hget(self._key(i), "meta") for i in ids]
-        return [json.loads(m) for m in metas if m is not None]
+        """Every avatar's metadata, most recently used first."""
+        ids = self.r.zrevrange(f"{self.p}avatars", 0, -1)
+        with self.r.pipeline(transaction=False) as pipe:  # one round trip, not one per avatar
+            for ident in ids:
+                pipe.hget(self._key(ident.decode()), "meta")
+            metas = pipe.execute()
+        return [json.loads(m) for m in metas if m is not None]  # None: deleted or evicted between the two calls
 
     @unavailable
     def delete(self, avatar_id: str) -> None:
-        if not self._delete(keys=[self._key(avatar_id), self.lru, self.total], args=[avatar_id]):
+        if not self._delete(keys=self._keys(avatar_id), args=[avatar_id]):
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
-
-    def _evict(self, keep: str) -> None:
-        """The least recently used avatars go while the total is over budget; never the one just registered."""
-        for ident in (i.decode() for i in self.r.zrange(self.lru, 0, -1)):
-            if int(self.r.get(self.total) or 0) <= self.max_bytes:
-                return
-            if ident != keep:
-                self._delete(keys=[self._key(ident), self.lru, self.total], args=[ident])
