@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -61,14 +62,16 @@ def registered_at_once(avatars: Avatars, idents: list[str], media: bytes) -> lis
     return created
 
 
-def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars) -> None:
+def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars, caplog: pytest.LogCaptureFixture) -> None:
     results = registered_at_once(avatars, ["abc1"] * 8, b"x" * 1000)
     assert sorted(results) == [False] * 7 + [True] and avatars.media("abc1") == b"x" * 1000
     avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
     time.sleep(0.01)
     avatars.get("abc1")  # used: abc2 is now the least recently used
-    avatars.put("abc3", b"z" * 1000, {"avatar_id": "abc3"})
+    with caplog.at_level(logging.INFO):
+        avatars.put("abc3", b"z" * 1000, {"avatar_id": "abc3"})
     assert [m["avatar_id"] for m in avatars.list()] == ["abc3", "abc1"]  # most recently used first
+    assert [r.getMessage().split(": ")[-1] for r in caplog.records] == ["evicting abc2 (least recently used)"]
     with pytest.raises(AvatarNotFound):
         avatars.get("abc2")
 

@@ -3,11 +3,11 @@
 `RedisAvatarStore` behaves as the directory store (store.py) does — the same interface, ids, aliases,
 least-recently-used eviction beyond a byte budget, extras counted in it — so any replica serves an
 avatar registered on another. Keys (prefix `lipsync:`): `avatar:<id>` a hash (`meta`, `media`,
-`extra:<name>`, `size` the sum of them), `avatars` a sorted set of ids by last use, `avatars:used` the
-use counter that orders it (not the replicas' clocks, which differ), `avatars:bytes` the running total,
-`alias:<name>` an id. A registration and the evictions it causes are one Lua script: of two replicas
-registering the same avatar at once exactly one creates it, and two registering different ones never
-evict each other both. The scripts name the avatars they evict: a standalone Redis, not Redis Cluster.
+`extra:<name>`, `size` the sum of them), `avatars` a sorted set of ids by last use (a logical clock:
+the replicas' clocks differ), `avatars:bytes` the running total, `alias:<name>` an id. A registration
+and the evictions it causes are one Lua script: of two replicas registering the same avatar at once
+exactly one creates it, and two registering different ones never evict each other both. The scripts
+name the avatars they evict: a standalone Redis, not Redis Cluster.
 
 A Redis that cannot be reached is `StoreUnavailable` (503, `Retry-After`), raised within the socket
 timeout; redis-py reconnects on the next call, so the server recovers when Redis is back.
@@ -85,8 +85,12 @@ def unavailable(method: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[
     return wrapper
 
 
-# Every script's KEYS: the avatar, the use order (sorted set), the byte total, the use counter.
-_REMOVE = """
+# Every script starts with these, and is given KEYS: the avatar, the use order (a sorted set), the byte total.
+_LIB = """
+local function next_use()  -- above every avatar's last use: a logical clock, not the replicas' (they differ)
+  local top = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return (tonumber(top[2]) or 0) + 1
+end
 local function remove(key, id)  -- the avatar and its place in the use order; the new total (nil if it was gone)
   redis.call('ZREM', KEYS[2], id)
   local size = redis.call('HGET', key, 'size')
@@ -95,12 +99,9 @@ local function remove(key, id)  -- the avatar and its place in the use order; th
   return redis.call('DECRBY', KEYS[3], size)
 end
 """
-_PUT = (
-    _REMOVE
-    + """
--- ARGV: id, meta, media, budget, prefix of avatar keys → {1 if created, evicted ids...}
-local used = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[2], used, ARGV[1])
+_PUT = """
+-- ARGV: id, meta, media, budget, prefix of avatar keys → {1 if created else 0, evicted ids...}
+redis.call('ZADD', KEYS[2], next_use(), ARGV[1])
 if redis.call('HEXISTS', KEYS[1], 'meta') == 1 then return {0} end
 local size = #ARGV[2] + #ARGV[3]
 redis.call('HSET', KEYS[1], 'meta', ARGV[2], 'media', ARGV[3], 'size', size)
@@ -108,17 +109,17 @@ local total, budget, evicted = redis.call('INCRBY', KEYS[3], size), tonumber(ARG
 if total <= budget then return evicted end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do  -- least recently used first
   if total <= budget then break end
-  if id ~= ARGV[1] then
-    total = remove(ARGV[5] .. id, id) or total
+  local after = id ~= ARGV[1] and remove(ARGV[5] .. id, id)
+  if after then
+    total = after
     table.insert(evicted, id)
   end
 end
 return evicted
 """
-)
 _GET = """
 local meta = redis.call('HGET', KEYS[1], 'meta')
-if meta then redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[4]), ARGV[1]) end
+if meta then redis.call('ZADD', KEYS[2], 'XX', next_use(), ARGV[1]) end
 return meta
 """
 _PUT_EXTRA = """
@@ -130,7 +131,7 @@ redis.call('HINCRBY', KEYS[1], 'size', grown)
 redis.call('INCRBY', KEYS[3], grown)
 return 1
 """
-_DELETE = _REMOVE + "return remove(KEYS[1], ARGV[1]) and 1 or 0"
+_DELETE = "return remove(KEYS[1], ARGV[1]) and 1 or 0"
 
 
 class RedisAvatarStore:
@@ -138,14 +139,15 @@ class RedisAvatarStore:
 
     def __init__(self, client: redis.Redis, max_bytes: int, prefix: str = "lipsync:"):
         self.r, self.max_bytes, self.p = client, max_bytes, prefix
-        self._put, self._get, self._put_extra, self._delete = (client.register_script(s) for s in (_PUT, _GET, _PUT_EXTRA, _DELETE))
+        scripts = (client.register_script(_LIB + s) for s in (_PUT, _GET, _PUT_EXTRA, _DELETE))
+        self._put, self._get, self._put_extra, self._delete = scripts
 
     def _key(self, avatar_id: str) -> str:
         return f"{self.p}avatar:{check_id(avatar_id)}"
 
     def _keys(self, avatar_id: str) -> list[str]:
         """What every script is given: the avatar's key, then the store's own."""
-        return [self._key(avatar_id), f"{self.p}avatars", f"{self.p}avatars:bytes", f"{self.p}avatars:used"]
+        return [self._key(avatar_id), f"{self.p}avatars", f"{self.p}avatars:bytes"]
 
     @unavailable
     def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
@@ -153,7 +155,7 @@ class RedisAvatarStore:
         args = [avatar_id, json.dumps(meta), media, self.max_bytes, f"{self.p}avatar:"]
         created, *evicted = self._put(keys=self._keys(avatar_id), args=args)
         for ident in evicted:
-            log.info("avatar store over %d bytes: evicted %s (least recently used)", self.max_bytes, ident.decode())
+            log.info("avatar store over %d bytes: evicting %s (least recently used)", self.max_bytes, ident.decode())
         return bool(created)
 
     @unavailable
