@@ -139,6 +139,7 @@ class RedisAvatarStore:
 
     def __init__(self, client: redis.Redis, max_bytes: int, prefix: str = "lipsync:"):
         self.r, self.max_bytes, self.p = client, max_bytes, prefix
+        self.order, self.total = f"{prefix}avatars", f"{prefix}avatars:bytes"
         scripts = (client.register_script(_LIB + s) for s in (_PUT, _GET, _PUT_EXTRA, _DELETE))
         self._put, self._get, self._put_extra, self._delete = scripts
 
@@ -147,7 +148,7 @@ class RedisAvatarStore:
 
     def _keys(self, avatar_id: str) -> list[str]:
         """What every script is given: the avatar's key, then the store's own."""
-        return [self._key(avatar_id), f"{self.p}avatars", f"{self.p}avatars:bytes"]
+        return [self._key(avatar_id), self.order, self.total]
 
     @unavailable
     def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
@@ -205,7 +206,7 @@ class RedisAvatarStore:
     @unavailable
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
-        ids = self.r.zrevrange(f"{self.p}avatars", 0, -1)
+        ids = self.r.zrevrange(self.order, 0, -1)
         with self.r.pipeline(transaction=False) as pipe:  # one round trip, not one per avatar
             for ident in ids:
                 pipe.hget(self._key(ident.decode()), "meta")
