@@ -7,6 +7,7 @@ again without restarting a server.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ from helpers import SMALL_BOX, astronaut, b64, decode_mp4, http, image_bytes, sm
 from harness.gunicorn import Gunicorn, children
 from harness.nginx import Nginx
 from harness.redis import RedisServer
+from wav2lip_core.redis_store import RedisAvatarStore, connect
+from wav2lip_core.registry import IDLE_FILE
 
 LEASE_S = 3
 FPS = 25
@@ -65,6 +68,12 @@ def short_body(seconds: float = 1.0) -> dict:
     return {"image": b64(small_face()), "audio": b64(wav(speech_s(seconds))), "box": SMALL_BOX}
 
 
+def sound_mp4(data: bytes, frames: int) -> None:
+    """A playable MP4 of `frames` 192×192 frames (small_face) with its AAC sound."""
+    out = decode_mp4(data)
+    assert (len(out.frames), out.width, out.height, out.audio_codec) == (frames, 192, 192, "aac")
+
+
 def test_an_avatar_registered_on_one_replica_serves_on_the_other(cluster: Cluster) -> None:
     one, other = cluster.replicas
     status, _, data = http("POST", f"{one.url}/api/avatars", {"image": b64(small_face()), "box": SMALL_BOX})
@@ -72,8 +81,23 @@ def test_an_avatar_registered_on_one_replica_serves_on_the_other(cluster: Cluste
     avatar_id = json.loads(data)["avatar_id"]
     status, _, data = http("POST", f"{other.url}/api/generate", {"avatar_id": avatar_id, "audio": b64(wav(speech_s(0.4)))})
     assert status == 200 and json.loads(data)["frames"] == 10, data[:300]
+    sound_mp4(base64.b64decode(json.loads(data)["video"]), 10)
     status, _, data = http("GET", f"{other.url}/api/avatars/{avatar_id}")
     assert status == 200 and json.loads(data)["avatar_id"] == avatar_id
+
+
+def test_a_name_cached_on_one_replica_animates_on_the_other(cluster: Cluster) -> None:
+    """The drop-in routes (JSON with base64 fields; multipart is tested in process): the alias lives in Redis too."""
+    one, other = cluster.replicas
+    status, _, data = http("POST", f"{one.url}/cache-avatar", {"avatar": b64(small_face()), "avatar_id": "anna.v1", "box": SMALL_BOX})
+    assert status == 200 and json.loads(data) == {"status": "cached", "avatar_id": "anna.v1"}, data[:300]
+    status, headers, data = http("POST", f"{other.url}/v1/animation-with-cache", {"avatar_id": "anna.v1", "audio": b64(wav(speech_s(0.4)))})
+    assert status == 200 and headers["Content-Type"] == "video/mp4", data[:300]
+    sound_mp4(data, 10)
+    avatar_id = json.loads(http("GET", f"{other.url}/api/avatars/anna.v1")[2])["avatar_id"]
+    status, _, idle = http("GET", f"{one.url}/api/avatars/{avatar_id}/idle.mp4")  # made once, kept with the avatar in Redis
+    assert status == 200 and http("GET", f"{other.url}/api/avatars/{avatar_id}/idle.mp4")[2] == idle
+    assert RedisAvatarStore(connect(cluster.redis.url), max_bytes=0).extra(avatar_id, IDLE_FILE) == idle
 
 
 def test_twenty_jobs_through_nginx_spread_over_the_replicas_each_done_once(cluster: Cluster) -> None:
@@ -103,6 +127,22 @@ def test_redis_restarted_typed_503s_then_recovery_without_restarting_servers(clu
     job = submit_job(cluster.nginx.url, short_body(0.4))
     assert wait_job(cluster.nginx.url, job["id"], timeout=60)["status"] == "done"  # the job threads came back by themselves
     print(f"redis restarted: a job submitted at once was done {time.monotonic() - up_at:.1f} s after Redis was back")
+
+
+def test_a_replica_started_while_redis_is_down_serves_what_needs_no_redis(cluster: Cluster) -> None:
+    """Clients connect on first use: the worker gets ready, only avatar and job routes answer 503 until Redis is back."""
+    replica = cluster.replicas[1]
+    replica.stop()
+    cluster.redis.stop()
+    try:
+        replica.start()  # returns once every worker answers /health 200
+        status, headers, data = http("GET", f"{replica.url}/api/avatars")
+        assert status == 503 and json.loads(data)["error"]["code"] == "store_unavailable" and int(headers["Retry-After"]) >= 1
+        status, _, data = http("POST", f"{replica.url}/api/generate", short_body(0.4))
+        assert status == 200 and json.loads(data)["frames"] == 10, data[:300]
+    finally:
+        cluster.redis.start()
+    assert http("GET", f"{replica.url}/api/avatars")[0] == 200
 
 
 def test_a_replica_killed_mid_job_loses_nothing_and_finishes_nothing_twice(cluster: Cluster) -> None:

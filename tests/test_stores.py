@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from harness.gunicorn import free_port
 from harness.redis import RedisServer
+from wav2lip_core.backend import open_avatars
+from wav2lip_core.config import Settings
 from wav2lip_core.errors import AvatarNotFound, BadRequest, Busy, JobNotDone, JobNotFound, StoreUnavailable
 from wav2lip_core.jobs import Claim, JobStore, new_job
 from wav2lip_core.jobs_redis import RedisJobs
@@ -41,19 +46,32 @@ def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> JobStore:
     return RedisJobs(connect(request.getfixturevalue("redis_server").url), LEASE_S, ttl_s=60, prefix=prefix())
 
 
-def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars) -> None:
-    results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(avatars.put("abc1", b"x" * 1000, {"avatar_id": "abc1"}))) for _ in range(8)]
+def registered_at_once(avatars: Avatars, idents: list[str], media: bytes) -> list[bool]:
+    """Put each of `idents` from its own thread, all released together; what the puts returned."""
+    start, created = threading.Barrier(len(idents)), []
+
+    def register(ident: str) -> None:
+        start.wait()
+        created.append(avatars.put(ident, media, {"avatar_id": ident}))
+
+    threads = [threading.Thread(target=register, args=(ident,)) for ident in idents]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return created
+
+
+def test_avatar_put_is_atomic_and_the_least_recently_used_is_evicted(avatars: Avatars, caplog: pytest.LogCaptureFixture) -> None:
+    results = registered_at_once(avatars, ["abc1"] * 8, b"x" * 1000)
     assert sorted(results) == [False] * 7 + [True] and avatars.media("abc1") == b"x" * 1000
     avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
     time.sleep(0.01)
     avatars.get("abc1")  # used: abc2 is now the least recently used
-    avatars.put("abc3", b"z" * 1000, {"avatar_id": "abc3"})
+    with caplog.at_level(logging.INFO):
+        avatars.put("abc3", b"z" * 1000, {"avatar_id": "abc3"})
     assert [m["avatar_id"] for m in avatars.list()] == ["abc3", "abc1"]  # most recently used first
+    assert [r.getMessage().split(": ")[-1] for r in caplog.records] == ["evicting abc2 (least recently used)"]
     with pytest.raises(AvatarNotFound):
         avatars.get("abc2")
 
@@ -65,8 +83,10 @@ def test_avatar_aliases_extras_and_delete(avatars: Avatars) -> None:
     assert avatars.get("seed.avatar_1")["avatar_id"] == "abc1" and avatars.resolve("seed.avatar_1") == "abc1"
     avatars.alias("seed.avatar_1", "abc2")  # repointed
     assert avatars.get("seed.avatar_1")["avatar_id"] == "abc2"
-    avatars.alias("abc2", "abc1")
-    assert avatars.resolve("abc2") == "abc2"  # a registered id wins over an alias
+    for name in ("abc2", "meta.json", ".hidden", "A-b_c.d"):  # even names that look like ids or store files
+        avatars.alias(name, "abc1")
+        assert avatars.resolve(name) == ("abc2" if name == "abc2" else "abc1")  # a registered id wins over an alias
+    assert avatars.get("meta.json")["avatar_id"] == "abc1" and len(avatars.list()) == 2  # an alias is never taken for an avatar
     for bad in (".", "..", "a/b", "", "x" * 129):
         with pytest.raises(BadRequest):
             avatars.alias(bad, "abc1")
@@ -80,6 +100,27 @@ def test_avatar_aliases_extras_and_delete(avatars: Avatars) -> None:
     for call in (lambda: avatars.get("abc1"), lambda: avatars.media("abc1"), lambda: avatars.delete("abc1"), lambda: avatars.get("../x")):
         with pytest.raises(AvatarNotFound):
             call()
+
+
+def test_avatar_extras_count_against_the_budget(avatars: Avatars) -> None:
+    avatars.put("abc1", b"x" * 1000, {"avatar_id": "abc1"})
+    avatars.put_extra("abc1", "idle.mp4", b"i" * 1500)
+    avatars.put_extra("abc1", "idle.mp4", b"i" * 10)  # replaced: only the new one counts
+    avatars.put("abc2", b"y" * 1000, {"avatar_id": "abc2"})
+    assert len(avatars.list()) == 2
+    avatars.put_extra("abc2", "idle.mp4", b"i" * 1500)  # over the budget now, but only a registration evicts
+    avatars.put("abc3", b"z" * 10, {"avatar_id": "abc3"})
+    assert [m["avatar_id"] for m in avatars.list()] == ["abc3", "abc2"]
+    with pytest.raises(AvatarNotFound):
+        avatars.put_extra("abc1", "idle.mp4", b"i")  # evicted: nothing is written for it
+
+
+def test_concurrent_registrations_over_the_budget_leave_exactly_one(avatars: Avatars) -> None:
+    """Any two avatars are over the budget: however registrations interleave, they never evict each other down to none."""
+    for round_ in range(20):  # a race: many rounds make a lost one likely to show
+        created = registered_at_once(avatars, [f"r{round_}k{k}" for k in range(8)], b"x" * 2000)
+        left = [m["avatar_id"] for m in avatars.list()]
+        assert created == [True] * 8 and len(left) == 1, (round_, left)
 
 
 def submitted(jobs: JobStore, limit: int = 10) -> str:
@@ -145,6 +186,47 @@ def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: P
         server.start()  # the same port, the same append-only data
         assert store.get("abc1") == {"avatar_id": "abc1"} and jobs.get(job_id).status == "queued"
         assert jobs.claim("w-b", 1.0).job_id == job_id
+
+
+def test_redis_killed_or_restarted_loses_no_avatar_and_the_same_client_carries_on(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        store = RedisAvatarStore(connect(server.url), 10_000)
+        store.put("abc1", b"x", {"avatar_id": "abc1"})
+        store.alias("me", "abc1")
+        server.kill()  # appendfsync always: acknowledged is on disk
+        with pytest.raises(StoreUnavailable) as down:
+            store.put("abc2", b"y", {"avatar_id": "abc2"})
+        assert down.value.retry_after and server.url in down.value.message
+        server.start()
+        assert store.get("me") == {"avatar_id": "abc1"} and store.media("abc1") == b"x"
+        server.restart(down_s=0.2)  # every pooled connection is stale now: each is retried once on a new one
+        assert store.put("abc2", b"y", {"avatar_id": "abc2"}) and [m["avatar_id"] for m in store.list()] == ["abc2", "abc1"]
+
+
+def test_redis_stalled_is_a_typed_503_after_one_socket_timeout(tmp_path: Path) -> None:
+    """A Redis that accepts connections but answers nothing: one timeout, not retried, then 503 (not a hung request)."""
+    timeout_s = 0.5
+    with RedisServer(tmp_path / "redis") as server:
+        store = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000)
+        store.put("abc1", b"x", {"avatar_id": "abc1"})
+        with server.stalled():
+            for fresh in (False, True):  # a pooled connection, and a new client's handshake
+                client = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000) if fresh else store
+                t0 = time.monotonic()
+                with pytest.raises(StoreUnavailable) as down:
+                    client.get("abc1")
+                waited = time.monotonic() - t0
+                assert isinstance(down.value.__cause__, redis.TimeoutError) and waited < 2 * timeout_s, (fresh, waited)
+        assert store.get("abc1") == {"avatar_id": "abc1"}
+
+
+def test_redis_is_reached_on_first_use_and_its_password_never_shown() -> None:
+    """A worker starts while Redis is down (only what needs it fails, and says where it looked, without the password)."""
+    port = free_port()
+    store = open_avatars(replace(Settings(), redis_url=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    with pytest.raises(StoreUnavailable) as down:
+        store.list()
+    assert f"redis://127.0.0.1:{port}/0" in down.value.message and "s3cret" not in down.value.message
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,6 +63,13 @@ def check_alias(name: str) -> str:
     if not NAME.match(name):
         raise BadRequest(f"an avatar name must match {NAME.pattern}, got {name[:80]!r}", code="invalid_field")
     return name
+
+
+def resolve_with(name: str, registered: Callable[[str], bool], alias_target: Callable[[str], str | None]) -> str:
+    """Every store's `resolve`: a registered id is itself, else what the alias `name` names, else `name` as given."""
+    if not NAME.match(name) or (name.isalnum() and registered(name)):  # an unsafe name never reaches a path or a key
+        return name
+    return alias_target(name) or name
 
 
 class AvatarStore:
@@ -137,12 +145,13 @@ class AvatarStore:
 
     def resolve(self, name: str) -> str:
         """The avatar id `name` stands for: itself when registered, else what the alias `name` names, else itself."""
-        if not NAME.match(name) or (name.isalnum() and (self.root / name / META).is_file()):
-            return name
+        return resolve_with(name, lambda i: (self.root / i / META).is_file(), self._alias_target)
+
+    def _alias_target(self, name: str) -> str | None:
         try:
             return (self.root / ALIASES / f"{name}{ALIAS_SUFFIX}").read_text()
         except FileNotFoundError:
-            return name
+            return None
 
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
