@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +134,16 @@ class Nginx:
         """The JSON lines of the access log, oldest first."""
         lines = self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
         return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def records_of(self, request_id_prefix: str, count: int = 1, timeout_s: float = 5.0) -> list[dict]:
+        """The access-log records whose request id starts with the prefix, once there are `count` of them: nginx
+        writes a request's line after its answer has gone, so a client that has the answer may be there first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [r for r in self.records() if str(r.get("request_id", "")).startswith(request_id_prefix)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
     def log_tail(self, lines: int = 15) -> str:
         logs = [self._folder() / "error.log", self.access_log]
