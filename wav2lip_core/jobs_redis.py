@@ -56,7 +56,7 @@ return 1
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[2])
-redis.call('XCLAIM', KEYS[2], ARGV[5], ARGV[4], 0, ARGV[3], 'JUSTID')
+redis.call('XCLAIM', KEYS[2], ARGV[4], ARGV[3], 0, redis.call('HGET', KEYS[1], 'msg'), 'JUSTID')
 return 1
 """
 _END = """
@@ -170,10 +170,8 @@ class RedisJobs:
 
     @unavailable
     def renew(self, claim: Claim, progress: float) -> bool:
-        state = self._job(claim.job_id)
-        msg = self.r.hget(state, "msg")
         consumer = claim.owner.rsplit("-", 1)[0]
-        return bool(msg and self._renew(keys=[state, self.stream], args=[claim.owner, progress, msg, consumer, GROUP]))
+        return bool(self._renew(keys=[self._job(claim.job_id), self.stream], args=[claim.owner, progress, consumer, GROUP]))
 
     @unavailable
     def finish(self, claim: Claim, mp4: bytes) -> bool:
