@@ -114,7 +114,7 @@ class Gunicorn:
 
     def start(self) -> Gunicorn:
         """Start the master and wait until every worker answers /health 200; on failure stop it and raise with the log's tail."""
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps its address: a proxy in front still finds it
         env = self.server_env()
         workers = int(env.get("WEB_CONCURRENCY", Settings.workers))  # as gunicorn.conf.py reads it
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
