@@ -35,6 +35,20 @@ def _perf(label: str, seconds: float, frames: int, audio_s: float, rss: str) -> 
     return [label, _f(seconds), str(frames), _f(frames / seconds, ".1f"), _f(seconds / audio_s), rss]
 
 
+PEER_INTEL = "4 Intel digital-avatar OV backend, warm, batch 128, AVI+ffmpeg"
+
+
+def _peer_intel(res: dict, audio_s: float) -> tuple[list[str], str]:
+    """The Intel peer's row and its note: the speedup over it, or why it was skipped."""
+    peer, e2e = res.get("peer_intel"), res["server"]["e2e"]
+    if not peer:
+        return [PEER_INTEL, *["—"] * 5], "4 skipped: ffmpeg is not on PATH (apt-get install ffmpeg)"
+    row = _perf(PEER_INTEL, peer["seconds"], peer["frames"], audio_s, _f(peer["peak_rss_mb"], ".0f"))
+    note = (f"speedup 3 over 4: {peer['seconds'] / e2e['wall_s']:.2f}× (4: median of {len(peer['runs_s'])} warm requests, "
+            f"compiled {peer['precision']}; its MP4 holds {peer['mp4_frames']} frames)")  # fmt: skip
+    return row, note
+
+
 def _before_after(res: dict) -> list[str]:
     ref, mo, e2e = res["reference"], res["model_only"], res["server"]["e2e"]
     served, f32, audio_s = mo["served"], mo["f32"], e2e["audio_s"]
@@ -46,13 +60,15 @@ def _before_after(res: dict) -> list[str]:
         _perf(f"  OpenVINO generator alone, {f32['precision']}", f32["seconds"], mo["frames"], audio_s, ""),
         _perf("3 server end to end: JSON+base64 in, MP4 out (median)", e2e["wall_s"], e2e["frames"], audio_s, _f(worker_rss, ".0f")),
     ]  # fmt: skip
+    peer_row, peer_note = _peer_intel(res, audio_s)
     warm = ref["seconds"] - ref["model_load_s"]
     notes = (
         "RTF = seconds / audio seconds. * one process holding both the bf16 and the f32 compiled generator",
         f"speedup 3 over 1: {ref['seconds'] / e2e['wall_s']:.1f}× (reference without its {ref['model_load_s']:.1f} s model load: "
         f"{warm / e2e['wall_s']:.1f}×); 3's frames/s over 2's: {e2e['fps'] / served['fps']:.2f}",
+        peer_note,
     )
-    return _grid(["", "s/request", "frames", "frames/s", "RTF", "peak RSS MB"], rows, notes)
+    return _grid(["", "s/request", "frames", "frames/s", "RTF", "peak RSS MB"], [*rows, peer_row], notes)
 
 
 def _stages(res: dict) -> list[str]:

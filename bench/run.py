@@ -1,4 +1,5 @@
-"""Before/after benchmark in one run: PyTorch eager reference vs the OpenVINO generator vs the HTTP server.
+"""Before/after benchmark in one run: PyTorch eager reference vs the OpenVINO generator vs the HTTP server,
+and beside them Intel's digital-avatar OpenVINO backend, warm (harness/peers.py; needs ffmpeg on PATH).
 
     python -m bench.run            # everything, ~3 min on a quiet 2-core box (more if it must wait or redo)
     python -m bench.run --quick    # without the 120 s / 720p request and the workers × threads servers
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -260,12 +262,17 @@ def check(value: float | None, target: float, higher_is_better: bool, timed_in: 
 def checks(res: dict) -> dict[str, dict[str, object]]:
     """The issue's targets, each with its measured value and pass/fail."""
     ref, mo, srv, noisy = res["reference"], res["model_only"], res["server"], res["noisy_stages"]
+    peer = res.get("peer_intel")  # None when skipped (no ffmpeg)
     det_ms = mo["detector"]["ms"]
     rss = res["rss_720p"]["peak_rss_mb"] if res.get("rss_720p") else None
     longest = max(res["lengths"]["points"], key=lambda p: p["frames"])
     per_frame = lambda p: p["wall_s"] / p["frames"]
     return {
-        "speedup_vs_reference": check(ref["seconds"] / srv["e2e"]["wall_s"], 6.0, True, ("reference", "server"), noisy),
+        "speedup_vs_reference": check(ref["seconds"] / srv["e2e"]["wall_s"], 22.0, True, ("reference", "server"), noisy),
+        # Intel's digital-avatar OpenVINO backend, warm, at its default precision (harness/peers.py) vs our server end to end
+        "speedup_vs_intel_warm": check(
+            peer["seconds"] / srv["e2e"]["wall_s"] if peer else None, 2.7, True, ("peer_intel", "server"), noisy
+        ),
         "e2e_over_model_only": check(srv["e2e"]["fps"] / mo["served"]["fps"], 0.85, True, ("model_only", "server"), noisy),
         "rss_120s_720p_mb": check(rss, 800.0, False, (), noisy),
         "bf16_drift_max_abs": check(mo["drift_served_vs_f32"]["max_abs"], 2.0, False, (), noisy),
@@ -331,16 +338,23 @@ def measure(res: dict, name: str, opts: argparse.Namespace, fn: Callable[..., ob
 
 
 def stage_reference(setup: Setup) -> dict:
-    progress("[1/3] PyTorch eager reference (cold process, batch 128) …")
+    progress("[1/4] PyTorch eager reference (cold process, batch 128) …")
     out = run_worker("reference", str(setup.checkpoint), str(IMAGE), str(AUDIO), *map(str, BOX))
     progress(f"reference: {out['seconds']:.1f} s for {out['frames']} frames")
     return out
 
 
 def stage_model_only(setup: Setup) -> dict:
-    progress("[2/3] OpenVINO generator alone, served precision and f32 …")
+    progress("[2/4] OpenVINO generator alone, served precision and f32 …")
     out = run_worker("model-only", str(setup.ir), str(IMAGE), str(AUDIO), *map(str, BOX))
     progress(f"model only: {out['served']['fps']:.1f} frames/s {out['served']['precision']}, {out['f32']['fps']:.1f} f32")
+    return out
+
+
+def stage_peer_intel(setup: Setup) -> dict:
+    progress("[3/4] Intel's digital-avatar OpenVINO backend, warm (batch 128, AVI + ffmpeg) …")
+    out = run_worker("intel-warm", str(setup.ir), str(IMAGE), str(AUDIO), *map(str, BOX))
+    progress(f"Intel peer: {out['seconds']:.2f} s for {out['frames']} frames at {out['precision']} (MP4: {out['mp4_frames']} frames)")
     return out
 
 
@@ -369,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         measure(res, "reference", args, stage_reference, setup)
         measure(res, "model_only", args, stage_model_only, setup)
         res["machine"]["openvino"] = res["model_only"]["openvino"]
-        progress("[3/3] gunicorn server over HTTP …")
+        if shutil.which("ffmpeg"):
+            measure(res, "peer_intel", args, stage_peer_intel, setup)
+        else:
+            progress("[3/4] skipping Intel's digital-avatar backend: it needs ffmpeg on PATH (apt-get install ffmpeg)")
+            res["peer_intel"] = None
+        progress("[4/4] gunicorn server over HTTP …")
         measure(res, "server", args, stage_server, setup)
         measure(res, "lengths", args, stage_lengths, setup, LENGTHS_S[:2] if args.quick else LENGTHS_S)
         measure(res, "estimate", args, stage_estimate, setup)
