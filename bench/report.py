@@ -44,28 +44,35 @@ def _peer_intel(res: dict, audio_s: float) -> tuple[list[str], str]:
     if not peer:
         return [PEER_INTEL, *["—"] * 5], "4 skipped: ffmpeg is not on PATH (apt-get install ffmpeg)"
     row = _perf(PEER_INTEL, peer["seconds"], peer["frames"], audio_s, _f(peer["peak_rss_mb"], ".0f"))
-    note = (f"speedup 3 over 4: {peer['seconds'] / e2e['wall_s']:.2f}× (4: median of {len(peer['runs_s'])} warm requests, "
+    int8 = res["server_int8"]["e2e"]["wall_s"]
+    note = (f"speedup 3 over 4: {peer['seconds'] / e2e['wall_s']:.2f}×, int8 {peer['seconds'] / int8:.2f}× "
+            f"(4: median of {len(peer['runs_s'])} warm requests, "
             f"compiled {peer['precision']}; its MP4 holds {peer['mp4_frames']} frames)")  # fmt: skip
     return row, note
 
 
 def _before_after(res: dict) -> list[str]:
     ref, mo, e2e = res["reference"], res["model_only"], res["server"]["e2e"]
-    served, f32, audio_s = mo["served"], mo["f32"], e2e["audio_s"]
-    worker_rss = max(w["peak_rss_mb"] for w in res["server"]["workers"].values())
+    served, int8, f32, audio_s = mo["served"], mo["int8"], mo["f32"], e2e["audio_s"]
+    q = res["server_int8"]
+    worker_rss = lambda srv: _f(max(w["peak_rss_mb"] for w in srv["workers"].values()), ".0f")
     rows = [
         _perf("1 PyTorch eager reference, cold process, batch 128", ref["seconds"], ref["frames"], audio_s, _f(ref["peak_rss_mb"], ".0f")),
         _perf(f"2 OpenVINO generator alone, {served['precision']}, batch {served['batch']}", served["seconds"], mo["frames"], audio_s,
               _f(mo["peak_rss_mb"], ".0f") + "*"),
+        _perf(f"  OpenVINO generator alone, {int8['precision']}", int8["seconds"], mo["frames"], audio_s, ""),
         _perf(f"  OpenVINO generator alone, {f32['precision']}", f32["seconds"], mo["frames"], audio_s, ""),
-        _perf("3 server end to end: JSON+base64 in, MP4 out (median)", e2e["wall_s"], e2e["frames"], audio_s, _f(worker_rss, ".0f")),
+        _perf("3 server end to end: JSON+base64 in, MP4 out (median)", e2e["wall_s"], e2e["frames"], audio_s, worker_rss(res["server"])),
+        _perf("  server end to end, PRECISION=int8 (median)", q["e2e"]["wall_s"], q["e2e"]["frames"], audio_s, worker_rss(q)),
     ]  # fmt: skip
     peer_row, peer_note = _peer_intel(res, audio_s)
     warm = ref["seconds"] - ref["model_load_s"]
     notes = (
-        "RTF = seconds / audio seconds. * one process holding both the bf16 and the f32 compiled generator",
+        "RTF = seconds / audio seconds. * one process holding the bf16, int8 and f32 compiled generators",
         f"speedup 3 over 1: {ref['seconds'] / e2e['wall_s']:.1f}× (reference without its {ref['model_load_s']:.1f} s model load: "
-        f"{warm / e2e['wall_s']:.1f}×); 3's frames/s over 2's: {e2e['fps'] / served['fps']:.2f}",
+        f"{warm / e2e['wall_s']:.1f}×); int8: {ref['seconds'] / q['e2e']['wall_s']:.1f}×",
+        f"3 over 2 (end to end / generator alone, same frames): {e2e['wall_s'] / served['seconds']:.2f}×; "
+        f"int8: {q['e2e']['wall_s'] / int8['seconds']:.2f}×",
         peer_note,
     )
     return _grid(["", "s/request", "frames", "frames/s", "RTF", "peak RSS MB"], [*rows, peer_row], notes)
@@ -106,6 +113,7 @@ def _avatar(res: dict) -> list[str]:
             _f(srv["repeat_avatar"]["wall_s"]),
         ],
         [f"box given (median of {len(e2e['runs_s'])})", _f(e2e["timings_ms"].get("detect"), ".2f"), _f(e2e["wall_s"])],
+        [f"1280×720 avatar, box given (median of {len(srv['hd_720p']['runs_s'])})", "", _f(srv["hd_720p"]["wall_s"])],
         [f"first request after ready (server ready in {srv['ready_s']:.1f} s)", "", _f(srv["first_request"]["wall_s"])],
     ]
     return _grid(["avatar / first call", "detect ms", "wall s"], rows)
@@ -140,13 +148,15 @@ def _workers(res: dict) -> list[str]:
 
 def _precision(res: dict) -> list[str]:
     mo = res["model_only"]
-    served, f32, d = mo["served"], mo["f32"], mo["drift_served_vs_f32"]
-    return [
-        f"precision: {served['precision']} {served['fps']:.1f} frames/s vs f32 {f32['fps']:.1f} ({served['fps'] / f32['fps']:.1f}×); "
-        f"drift on the {mo['frames']} generated 96² crops: max {d['max_abs']}, mean {d['mean_abs']:.2f}, "
-        f"99.9th pct {d['p999_abs']:g} (0–255)",
-        "",
-    ]
+    served, int8, f32 = mo["served"], mo["int8"], mo["f32"]
+    pairs = ((f"{served['precision']} vs f32", "drift_served_vs_f32"), (f"{int8['precision']} vs f32", "drift_int8_vs_f32"),
+             (f"{int8['precision']} vs {served['precision']}", "drift_int8_vs_served"))  # fmt: skip
+    rows = [[label, _f(mo[k]["mean_abs"], ".2f"), _f(mo[k]["p999_abs"], "g"), str(mo[k]["max_abs"]), _f(mo[k]["psnr_db"], ".1f")]
+            for label, k in pairs]  # fmt: skip
+    note = (f"generator alone, frames/s: {served['precision']} {served['fps']:.1f}, {int8['precision']} {int8['fps']:.1f} "
+            f"({int8['fps'] / served['fps']:.2f}×), f32 {f32['fps']:.1f}; drift on the {mo['frames']} generated 96² crops, "
+            "0–255")  # fmt: skip
+    return _grid(["precision drift", "mean |d|", "99.9th pct", "max", "PSNR dB"], rows, (note,))
 
 
 def _estimate(res: dict) -> list[str]:

@@ -56,9 +56,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ir_dir(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """IR of the seeded checkpoints (generator + S3FD + BlazeFace), converted by the real CLI."""
+    """IR of the seeded checkpoints (generator, its INT8 version, S3FD, BlazeFace), converted by the real CLI."""
     out = tmp_path_factory.mktemp("ir") / "ir_models"
-    proc = run_converter("--wav2lip", str(checkpoints["wav2lip"]), "--s3fd", str(checkpoints["s3fd"]), "--out", str(out))
+    proc = run_converter("--wav2lip", str(checkpoints["wav2lip"]), "--s3fd", str(checkpoints["s3fd"]), "--int8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -69,7 +69,7 @@ def test_the_readme_table_lists_every_setting_once_with_its_default(env: pytest.
         ("PORT", "70000", "PORT must be between 1 and 65535, got 70000"),
         ("MAX_AUDIO_SECONDS", "lots", "MAX_AUDIO_SECONDS must be a number, got 'lots'"),
         ("MAX_AUDIO_SECONDS", "nan", "MAX_AUDIO_SECONDS must be between 0.1 and 3600, got nan"),
-        ("PRECISION", "f64", "PRECISION must be auto, f32, bf16 or f16, got 'f64'"),
+        ("PRECISION", "f64", "PRECISION must be auto, f32, bf16, f16 or int8, got 'f64'"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL must be debug, info, warning, error or critical, got 'loud'"),
         ("SPLIT_GENERATOR", "maybe", "SPLIT_GENERATOR must be 1, 0, true, false, yes, no, on or off, got 'maybe'"),
     ],

@@ -28,7 +28,7 @@ from .config import Settings
 from .cost import CostModel
 from .detect import FaceFinder
 from .pipeline import LipSync, Progress
-from .runtime import Runtime, compiled_precision
+from .runtime import Runtime
 from .schema import Box, Options, Result
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class TalkingHead:
             "generator": "wav2lip",
             "generator_weights": manifest.generator.weights,
             "generator_split": generator.split,
-            "precision": compiled_precision(generator.compiled),
+            "precision": generator.precision,
             "batch_size": generator.batch,
             "threads": self.settings.threads(),
             "cost_model": self._cost.describe() if self._cost is not None else None,  # measured on first estimate_seconds()

@@ -56,8 +56,9 @@ class Settings:
     precision: str = setting(
         "auto",
         "PRECISION",
-        "CPU inference precision; `auto`: bf16 if the CPU has it natively, else f32",
-        choices=("auto", "f32", "bf16", "f16"),
+        "CPU inference precision; `auto`: bf16 if the CPU has it natively, else f32; `int8`: the INT8 generator of "
+        "`convert_to_openvino.py --int8` (its float parts as `auto`)",
+        choices=("auto", "f32", "bf16", "f16", "int8"),
     )
     workers: int = setting(
         1, "WEB_CONCURRENCY", "gunicorn workers; each compiles its own models (~350 MB RSS when ready, ~460 MB after 512² requests)", 1, 64

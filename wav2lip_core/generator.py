@@ -38,17 +38,20 @@ FEATURE_CACHE = 32  # still avatars whose face-encoder features are kept (7 arra
 class Generator:
     """The compiled generator; `run()` streams mouths for a sequence of mel chunks."""
 
-    def __init__(self, compiled: ov.CompiledModel, batch: int, face_encoder: ov.CompiledModel | None = None):
+    def __init__(self, compiled: ov.CompiledModel, batch: int, face_encoder: ov.CompiledModel | None = None, int8: bool = False):
         self.compiled = compiled  # the whole network (inputs mel, face) or the decoder (mel, feat0…6)
         self.batch = batch
         self.face_encoder = face_encoder
+        self.int8 = int8  # the quantised IR: INT8 convolutions, the rest at the compiled precision
         self._features: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()  # a repeated avatar skips the encoder
         self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[list[ov.InferRequest]] = queue.SimpleQueue()  # request sets of finished runs
 
     @property
     def precision(self) -> str:
-        return self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        """`bf16`, `f32`, … or, for the quantised IR, `int8` with its float parts' precision: `int8+bf16`."""
+        float_part = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return f"int8+{float_part}" if self.int8 else float_part
 
     @property
     def split(self) -> bool:

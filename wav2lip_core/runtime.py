@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 GENERATOR, S3FD, BLAZEFACE = "wav2lip", "s3fd", "blazeface"  # the manifest's model keys
 CONVERT_HINT = "python convert_to_openvino.py --random-init 0 --out {d}   (or: make models)"
+INT8_HINT = "python convert_to_openvino.py --wav2lip CKPT --int8 --out {d}   (or: make models-int8)"
 # Detectors run once per avatar: exactness over speed (f32, one stream).
 DETECTOR_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
 
@@ -40,6 +41,17 @@ class SplitFiles:
 
 
 @dataclass
+class Int8Files:
+    """The INT8 generator (`convert_to_openvino.py --int8`); the split's face encoder stays float: it runs once a request."""
+
+    file: str  # whole network (video avatars)
+    decoder: str  # split decoder (still avatars)
+    float_blocks: list[str] = field(default_factory=list)  # blocks left float (bf16 where the CPU has it)
+    calibration: str = ""
+    drift_vs_f32: dict[str, float] = field(default_factory=dict)  # decoder on held-out pairs, 0–255 crops
+
+
+@dataclass
 class ModelFile:
     """One IR in the models folder and where its weights came from."""
 
@@ -50,6 +62,7 @@ class ModelFile:
     sha256: str | None = None
     seed: int | None = None
     split: SplitFiles | None = None
+    int8: Int8Files | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -59,10 +72,13 @@ class ModelFile:
         values = {k: v for k, v in obj.items() if k in known}
         if isinstance(values.get("split"), dict):
             values["split"] = SplitFiles(**values["split"])
+        if isinstance(values.get("int8"), dict):
+            values["int8"] = Int8Files(**values["int8"])
         return cls(**values)
 
     def files(self) -> list[str]:
-        return [self.file] + ([self.split.face_encoder, self.split.decoder] if self.split else [])
+        split = [self.split.face_encoder, self.split.decoder] if self.split else []
+        return [self.file, *split] + ([self.int8.file, self.int8.decoder] if self.int8 else [])
 
 
 @dataclass
@@ -104,14 +120,11 @@ class Manifest:
 
 
 def cpu_properties(core: ov.Core, precision: str, threads: int, streams: int = 1) -> dict[str, object]:
-    """CPU plugin settings: explicit threads and streams, no pinning (several workers share the cores)."""
-    if precision == "auto":
+    """CPU plugin settings: explicit threads and streams, no pinning (several workers share the cores).
+    `int8` runs the quantised IR; its float parts, like `auto`, at bf16 when the CPU has it."""
+    if precision in ("auto", "int8"):
         precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
     return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "ENABLE_CPU_PINNING": False, "NUM_STREAMS": streams}
-
-
-def compiled_precision(compiled: ov.CompiledModel) -> str:
-    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 class Runtime:
@@ -138,20 +151,31 @@ class Runtime:
             model.reshape(shapes)
         return self.core.compile_model(model, "CPU", self.properties | overrides)
 
+    @property
+    def int8(self) -> Int8Files | None:
+        """The INT8 files when PRECISION=int8 (ModelsMissing naming the fix when the IR has none), else None."""
+        if self.settings.precision != "int8":
+            return None
+        if self.manifest.generator.int8 is None:
+            hint = INT8_HINT.format(d=self.settings.models_dir)
+            raise ModelsMissing(f"PRECISION=int8, but {self.settings.models_dir}/ has no INT8 generator. Create it with: {hint}")
+        return self.manifest.generator.int8
+
     def still_generator(self) -> Generator:
         """The generator for still avatars: split (face encoder once per request) when the IR has it."""
         entry, batch = self.manifest.generator, self.settings.batch_size
         if entry.split is None or not self.settings.split_generator:
             return self.clip_generator()
-        decoder = self.compile(entry.split.decoder, {"mel": [batch, 1, 80, 16]})
+        decoder = self.compile(self.int8.decoder if self.int8 else entry.split.decoder, {"mel": [batch, 1, 80, 16]})
         encoder = self.compile(entry.split.face_encoder)
-        return self._log(Generator(decoder, batch, encoder), "split")
+        return self._log(Generator(decoder, batch, encoder, int8=self.int8 is not None), "split")
 
     @functools.cached_property
     def _whole(self) -> Generator:
         batch = self.settings.batch_size
-        compiled = self.compile(self.manifest.generator.file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]})
-        return self._log(Generator(compiled, batch), "whole")
+        file = self.int8.file if self.int8 else self.manifest.generator.file
+        compiled = self.compile(file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]})
+        return self._log(Generator(compiled, batch, int8=self.int8 is not None), "whole")
 
     def clip_generator(self) -> Generator:
         """The whole network (a face input per frame: video avatars); compiled on first use, then shared."""
@@ -167,6 +191,6 @@ class Runtime:
     @staticmethod
     def _log(generator: Generator, kind: str) -> Generator:
         c = generator.compiled
-        actual = {k: str(c.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")} | {"precision": compiled_precision(c)}
+        actual = {k: str(c.get_property(k)) for k in ("INFERENCE_NUM_THREADS", "NUM_STREAMS")} | {"precision": generator.precision}
         log.info("generator compiled (%s): batch %d, %s", kind, generator.batch, actual)
         return generator
