@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,13 @@ def test_unknown_float_blocks_are_refused_with_the_known_ones(ir_dir: Path) -> N
     model = ov.Core().read_model(ir_dir / "wav2lip_decoder.xml")
     with pytest.raises(CheckpointError, match=r"unknown generator block\(s\) \['decoder'\]; known: .*audio_encoder"):
         quantized(model, [], ("decoder",))
+
+
+def test_int8_without_nncf_says_what_to_install(ir_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nncf", None)  # `import nncf` then raises ImportError
+    model = ov.Core().read_model(ir_dir / "wav2lip_decoder.xml")
+    with pytest.raises(CheckpointError, match=r"needs the nncf package: pip install -r requirements-convert.txt"):
+        quantized(model, [], ())
 
 
 def test_calibration_needs_speech_and_faces(tmp_path: Path) -> None:

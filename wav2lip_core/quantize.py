@@ -114,8 +114,10 @@ def conv_blocks(model: ov.Model) -> dict[str, list[str]]:
 
 def quantized(model: ov.Model, samples: list[dict[str, np.ndarray]], float_blocks: tuple[str, ...]) -> ov.Model:
     """NNCF post-training INT8 (mixed preset: symmetric weights, asymmetric activations); `float_blocks` stay float."""
-    import nncf
-
+    try:
+        import nncf
+    except ImportError as e:
+        raise CheckpointError("--int8 needs the nncf package: pip install -r requirements-convert.txt", code="missing_dependency") from e
     nncf.set_log_level(logging.WARNING)  # its progress bars stay: minutes of work on a small machine
     blocks = conv_blocks(model)
     unknown = sorted(set(float_blocks) - set(blocks))
