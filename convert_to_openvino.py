@@ -46,8 +46,8 @@ log = logging.getLogger("convert")
 # Max |IR − PyTorch| allowed. The generator's output is a sigmoid in [0, 1]: 0.01 is 2.55 grey levels
 # (FP16 weights typically give ~1e-3). S3FD's bound is relative to the largest reference value.
 GENERATOR_TOLERANCE = 0.01
-CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"  # --int8: speech and faces.json
 S3FD_REL_TOLERANCE = 0.01
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"  # --int8: speech and faces.json
 
 
 def sha256(path: Path) -> str:

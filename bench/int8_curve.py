@@ -24,10 +24,11 @@ import openvino as ov
 
 from harness import ASSETS, ROOT
 from wav2lip_core import audio as A
-from wav2lip_core.compose import face_input, to_mouths
+from wav2lip_core.compose import face_input
 from wav2lip_core.config import Settings
+from wav2lip_core.generator import Generator
 from wav2lip_core.image import decode_image
-from wav2lip_core.quantize import CALIBRATION_ITEMS, DEFAULT_FLOAT_BLOCKS, conv_blocks, drift, load_calibration, quantized
+from wav2lip_core.quantize import CALIBRATION_ITEMS, DEFAULT_FLOAT_BLOCKS, conv_blocks, decoder_samples, drift, load_calibration, quantized
 from wav2lip_core.runtime import Manifest, cpu_properties
 
 RESULTS = ROOT / "bench" / "results" / "int8_curve.json"
@@ -42,37 +43,28 @@ GROWING = (  # cheap and sensitive first (from the one-block runs), then the exp
 
 
 class Bench:
-    """The decoder's inputs for the test clip, the f32 reference mouths, and the served compile settings."""
+    """The test clip's mel windows and face, the face encoder, and the f32 decoder's mouths (the reference)."""
 
     def __init__(self, models: Path) -> None:
         self.settings, self.core = Settings(), ov.Core()
-        self.models, self.manifest = models, Manifest.read(models)
+        manifest = Manifest.read(models)
         frame = decode_image((ASSETS / "astronaut.jpg").read_bytes(), 10**8)
         sound = A.decode_audio((ASSETS / "speech.wav").read_bytes(), 60)
         n = A.frame_count(sound.samples.shape[0], sound.sample_rate, 25.0)
-        self.mels = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), n, 25.0)
-        encoder = self.core.compile_model(models / self.manifest.generator.split.face_encoder, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        feats = encoder({"face": face_input(frame, BOX)[None]})
-        self.feats = {p.get_any_name(): np.array(feats[p]) for p in encoder.outputs}
-        self.float_model = self.core.read_model(models / self.manifest.generator.split.decoder)
-        self.reference, _ = self.run(self.float_model, "f32", 1)
+        self.mels, self.face = A.mel_chunks(A.melspectrogram(A.to_16k_mono(sound)), n, 25.0), face_input(frame, BOX)
+        self.encoder = self.core.compile_model(models / manifest.generator.split.face_encoder, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self.float_model = self.core.read_model(models / manifest.generator.split.decoder)
+        self.reference, _ = self.run(self.float_model, "f32", 0)
 
     def run(self, model: ov.Model, precision: str, passes: int) -> tuple[np.ndarray, float]:
-        """The mouths of the clip and the median seconds of `passes` timed passes (after one untimed)."""
+        """The clip's mouths through the served Generator (static batch, the face encoder once), and the median
+        seconds of `passes` timed passes after that first one."""
         batch = self.settings.batch_size
         model = model.clone()
         model.reshape({"mel": [batch, 1, 80, 16]})
-        properties = cpu_properties(self.core, precision, self.settings.threads())
-        request = self.core.compile_model(model, "CPU", properties).create_infer_request()
-
-        def clip() -> np.ndarray:
-            out = []
-            for start in range(0, len(self.mels), batch):
-                m = self.mels[start : start + batch]
-                padded = np.concatenate([m, np.repeat(m[-1:], batch - len(m), 0)])
-                out.append(to_mouths(request.infer({"mel": padded[:, None], **self.feats})[0])[: len(m)])
-            return np.concatenate(out)
-
+        compiled = self.core.compile_model(model, "CPU", cpu_properties(self.core, precision, self.settings.threads()))
+        generator = Generator(compiled, batch, self.encoder, int8=precision == "int8")
+        clip = lambda: np.concatenate(list(generator.run(self.mels, self.face)))
         mouths, times = clip(), []
         for _ in range(passes):
             t0 = time.perf_counter()
@@ -82,9 +74,8 @@ class Bench:
 
     def point(self, label: str, model: ov.Model, precision: str) -> dict[str, object]:
         mouths, seconds = self.run(model, precision, 3)
-        row = {"float_blocks": label, "seconds": round(seconds, 3), "fps": round(len(self.mels) / seconds, 1)} | drift(
-            mouths, self.reference
-        )
+        row = {"float_blocks": label, "seconds": round(seconds, 3), "fps": round(len(self.mels) / seconds, 1)}
+        row |= drift(mouths, self.reference)
         print(f"{label:60s} {seconds:6.3f} s  PSNR {row['psnr_db']:5.2f} dB  mean {row['mean_abs']:.2f}  max {row['max_abs']}", flush=True)
         return row
 
@@ -95,12 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     b = Bench(args.models)
-    encoder = b.core.compile_model(args.models / b.manifest.generator.split.face_encoder, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    cal = load_calibration(CALIBRATION, CALIBRATION_ITEMS)
-    samples = []
-    for mel, face in zip(cal.mels, cal.faces, strict=True):
-        feats = encoder({"face": face[None]})
-        samples.append({"mel": mel[None, None]} | {port.get_any_name(): np.array(feats[port]) for port in encoder.outputs})
+    samples = decoder_samples(b.encoder, load_calibration(CALIBRATION, CALIBRATION_ITEMS))
     blocks = list(conv_blocks(b.float_model))
     sets = [()] + [(block,) for block in blocks] + list(GROWING)
     rows = [b.point("nothing INT8 (float decoder)", b.float_model, "auto")]

@@ -2,7 +2,7 @@
 
 `generate` time is linear in frames (the bench fits wall = fixed + per-frame × frames with R² = 1.000
 from 5 s to 120 s of audio). At load the pipeline renders two short clips of a synthetic still
-avatar (two and ten generator batches) to measure this machine's fixed and per-frame cost; the
+avatar (8 and 40 frames, rounded up to whole generator batches) to measure this machine's fixed and per-frame cost; the
 frame size adds `MS_PER_MEGAPIXEL_FRAME` per frame. Each real request then nudges a correction
 factor, so the estimate follows a machine that is busier (or quieter) than at load.
 """
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # 1.1 ms more for 0.66 more megapixels (x264 still looks at every macroblock of a static background).
 MS_PER_MEGAPIXEL_FRAME = 1.7
 CALIBRATION_SIDE = 384  # a square avatar, face box a third of it
-CALIBRATION_BATCHES = (2, 10)  # 8 and 40 frames at batch 4: 1 and 3 batches (4 and 12) gave 50 % errors, noise on 16 ms renders
+CALIBRATION_FRAMES = (8, 40)  # 4 and 12 frames (~16 and ~50 ms of rendering) gave 50 % errors: noise-bound
 OBSERVED_WEIGHT = 0.3  # how much one real request moves the correction factor
 
 
@@ -58,12 +58,13 @@ class CostModel:
 
     @classmethod
     def calibrate(cls, lipsync: LipSync) -> CostModel:
-        """Time the real pipeline on a synthetic still avatar for two and for ten generator batches."""
+        """Time the real pipeline on a synthetic still avatar for about 8 and about 40 frames (whole batches)."""
         avatar = _synthetic_avatar()
         rng = np.random.default_rng(0)
         times = []
-        for batches in CALIBRATION_BATCHES:
-            frames = batches * lipsync.generator.batch
+        batch = lipsync.generator.batch
+        for wanted in CALIBRATION_FRAMES:
+            frames = -(-wanted // batch) * batch  # whole batches: a padded last batch would cost frames not counted
             samples = (0.1 * rng.standard_normal((round(frames / STILL_FPS * SAMPLE_RATE), 1))).astype(np.float32)
             t0 = time.perf_counter()
             lipsync.start(avatar, Audio(samples, SAMPLE_RATE), Options()).complete()

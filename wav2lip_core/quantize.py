@@ -133,15 +133,23 @@ def quantize_generator(directory: Path, calibration_dir: Path, float_blocks: tup
     calibration, held_out = load_calibration(calibration_dir, CALIBRATION_ITEMS + HELD_OUT_ITEMS).split(CALIBRATION_ITEMS)
     core = ov.Core()
     encoder = core.compile_model(directory / "wav2lip_face.xml", "CPU", F32)
-    features = lambda faces: [{p.get_any_name(): np.array(r[p]) for p in encoder.outputs} for r in map(encoder, (f[None] for f in faces))]
-    decoder_samples = [{"mel": m[None, None]} | f for m, f in zip(calibration.mels, features(calibration.faces), strict=True)]
     whole_samples = [{"mel": m[None, None], "face": f[None]} for m, f in zip(calibration.mels, calibration.faces, strict=True)]
     files = Int8Files("wav2lip_int8.xml", "wav2lip_decoder_int8.xml", list(float_blocks), calibration.source)
-    for name, source, samples in ((files.decoder, "wav2lip_decoder.xml", decoder_samples), (files.file, "wav2lip.xml", whole_samples)):
+    for name, source, samples in ((files.decoder, "wav2lip_decoder.xml", decoder_samples(encoder, calibration)),
+                                  (files.file, "wav2lip.xml", whole_samples)):  # fmt: skip
         ov.save_model(quantized(core.read_model(directory / source), samples, float_blocks), directory / name)  # float parts FP16
-    held = [{"mel": m[None, None]} | f for m, f in zip(held_out.mels, features(held_out.faces), strict=True)]
+    held = decoder_samples(encoder, held_out)
     files.drift_vs_f32 = drift(_outputs(core, directory / files.decoder, held), _outputs(core, directory / "wav2lip_decoder.xml", held))
     return files
+
+
+def decoder_samples(encoder: ov.CompiledModel, pairs: Calibration) -> list[dict[str, np.ndarray]]:
+    """The split decoder's inputs for each pair: its mel window and the face encoder's features of its face."""
+    out = []
+    for mel, face in zip(pairs.mels, pairs.faces, strict=True):
+        feats = encoder({"face": face[None]})
+        out.append({"mel": mel[None, None]} | {p.get_any_name(): np.array(feats[p]) for p in encoder.outputs})
+    return out
 
 
 def _outputs(core: ov.Core, xml: Path, samples: list[dict[str, np.ndarray]]) -> np.ndarray:

@@ -166,16 +166,19 @@ class Runtime:
         entry, batch = self.manifest.generator, self.settings.batch_size
         if entry.split is None or not self.settings.split_generator:
             return self.clip_generator()
-        decoder = self.compile(self.int8.decoder if self.int8 else entry.split.decoder, {"mel": [batch, 1, 80, 16]})
+        int8 = self.int8
+        decoder = self.compile(int8.decoder if int8 else entry.split.decoder, {"mel": [batch, 1, 80, 16]})
         encoder = self.compile(entry.split.face_encoder)
-        return self._log(Generator(decoder, batch, encoder, int8=self.int8 is not None), "split")
+        return self._log(Generator(decoder, batch, encoder, int8=int8 is not None), "split")
 
     @functools.cached_property
     def _whole(self) -> Generator:
         batch = self.settings.batch_size
-        file = self.int8.file if self.int8 else self.manifest.generator.file
-        compiled = self.compile(file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]})
-        return self._log(Generator(compiled, batch, int8=self.int8 is not None), "whole")
+        int8 = self.int8
+        compiled = self.compile(
+            int8.file if int8 else self.manifest.generator.file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]}
+        )
+        return self._log(Generator(compiled, batch, int8=int8 is not None), "whole")
 
     def clip_generator(self) -> Generator:
         """The whole network (a face input per frame: video avatars); compiled on first use, then shared."""
