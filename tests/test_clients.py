@@ -36,6 +36,7 @@ from harness.page import PAGE_ORIGIN, PAGE_PORT, open_page, playback_rate, serve
 
 NODE_CLI = ROOT / "clients" / "node" / "lipsync.mjs"
 STREAM_ABORT = ROOT / "tests" / "node" / "stream_abort.mjs"  # generateStream aborted after its first chunk
+TWO_CONVERSATIONS = ROOT / "tests" / "node" / "two_conversations.mjs"  # two generateStream calls at once
 CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES)
 PERIOD = 2 * CLIP_FRAMES - 2  # their pingpong loop: 38 positions
 SPEECH_S = 6.4  # test_assets/speech.wav: 102400 samples at 16 kHz → 160 frames at 25 fps
@@ -270,6 +271,17 @@ def test_node_stream_aborted_after_the_first_chunk_frees_the_server(node: str, s
     print(f"aborted after the first chunk: the server stopped at {aborted['frames_sent']} of 500 frames")
 
 
+def test_node_client_streams_two_conversations_at_once(node: str, server: Gunicorn, assets: Path) -> None:
+    """One Node process, two streams in flight together: both whole, and the second began before the first ended."""
+    proc = run_cli(node, server.url, assets / "astronaut.jpg", assets / "speech.wav", "10", script=TWO_CONVERSATIONS)
+    assert proc.returncode == 0, proc.stderr
+    first, second = sorted(json.loads(proc.stdout), key=lambda c: c["firstByteAt"])
+    for conversation in (first, second):
+        assert conversation["frames"] == round(SPEECH_S * 10) and conversation["bytes"] > 0, conversation
+        assert access_record(server, conversation["requestId"])["stream"] == "completed"
+    assert second["firstByteAt"] < first["doneAt"], (first, second)  # not one after the other
+
+
 def test_node_cli_stream_interrupted_leaves_no_file(node: str, server: Gunicorn, assets: Path, tmp_path: Path) -> None:
     """Ctrl-C while the MP4 comes: the CLI closes the stream, removes OUT.part and exits 130."""
     (long_speech := tmp_path / "long.wav").write_bytes(wav(speech_s(20.0)))
@@ -432,6 +444,30 @@ def test_browser_without_media_source_plays_the_whole_reply(avatar_page: tuple[C
     stream = speak_and_check(browser, speech, 25)["lastStream"]
     assert (stream["path"], stream["outcome"], stream["framesReceived"]) == ("blob", "complete", 25), stream
     assert stream["firstByteAt"] <= stream["doneAt"] <= stream["readyAt"], stream  # the whole body, then played
+
+
+def test_two_pages_talk_at_once_and_both_play_without_waiting(
+    chromium: str, server: Gunicorn, page_origin: str, assets: Path, tmp_path: Path
+) -> None:
+    """Two conversations on one worker: both streams play at once (neither waits for the other's whole answer)
+    and neither player waits for data. A 10 fps avatar: this is about sharing, not the machine's capacity."""
+    (clip := tmp_path / "idle10.mp4").write_bytes(idle_clip(320, 240, frames=CLIP_FRAMES, fps=10)[0])
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    with Chromium(chromium, tmp_path / "a") as a, Chromium(chromium, tmp_path / "b") as b:
+        pages = (a, b)
+        for browser in pages:
+            open_page(browser, page_origin, server.url, clip)
+        befores = [start_speaking(browser, assets / "speech.wav") for browser in pages]
+        states = [wait_idle(browser, before) for browser, before in zip(pages, befores, strict=True)]
+        origins = [browser.evaluate("performance.timeOrigin") for browser in pages]
+    streams = [state["lastStream"] for state in states]
+    for stream in streams:
+        assert (stream["path"], stream["outcome"], stream["error"]) == ("mse", "complete", None), stream
+        assert stream["framesReceived"] == stream["framesExpected"] == round(SPEECH_S * 10), stream
+        assert stream["waiting"] == 0, stream
+    at = [{k: origin + stream[k] for k in ("firstByteAt", "doneAt")} for origin, stream in zip(origins, streams, strict=True)]
+    assert at[0]["firstByteAt"] < at[1]["doneAt"] and at[1]["firstByteAt"] < at[0]["doneAt"], at  # they overlapped
 
 
 @pytest.fixture(scope="module")

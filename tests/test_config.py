@@ -125,7 +125,7 @@ def test_gunicorn_conf_reads_settings_and_stops_on_a_bad_variable(env: pytest.Mo
     env.setenv("LOG_LEVEL", "WARNING")
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert (conf["bind"], conf["graceful_timeout"], conf["timeout"], conf["loglevel"]) == ("127.0.0.1:8123", 310, 120, "warning")
-    assert conf["threads"] == 1 + 2 + 2 and conf["preload_app"] is False
+    assert conf["threads"] == 1 + 4 + 16 + 2 and conf["preload_app"] is False  # whole answers, queue, streams, probes
     env.setenv("BATCH_SIZE", "abc")
     with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))

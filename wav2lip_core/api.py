@@ -130,8 +130,9 @@ class TalkingHead:
         video = sniffed if video is None else video
         t0 = time.perf_counter()
         sound = _audio(audio, self.settings.max_audio_seconds)
-        result = self.lipsync.start(source, sound, options, deadline, progress, video).complete()
-        if self._cost is not None:
+        render = self.lipsync.start(source, sound, options, deadline, progress, video)
+        result = render.complete()
+        if self._cost is not None and not render.pace.shared:  # a render that shared the cores says nothing of its own cost
             self._cost.observe(result.frames, result.width * result.height, time.perf_counter() - t0)
         if out is not None:
             Path(out).write_bytes(result.mp4)

@@ -80,8 +80,19 @@ class Settings:
     max_output_side: int = setting(
         0, "MAX_OUTPUT_SIDE", "larger images are scaled down so the longer side fits; 0: the input's resolution", 0, 8192
     )
-    max_concurrent: int = setting(1, "MAX_CONCURRENT", "requests computed at once per worker", 1, 64)
-    max_queue: int = setting(2, "MAX_QUEUE", "requests waiting per worker; beyond that `503` + `Retry-After` at once", 0, 1024)
+    max_concurrent: int = setting(1, "MAX_CONCURRENT", "whole (non-streamed) answers computed at once per worker", 1, 64)
+    max_queue: int = setting(4, "MAX_QUEUE", "whole answers waiting per worker; beyond that `503` + `Retry-After` at once", 0, 1024)
+    # Streams are admitted by real-time capacity (gate.Capacity), not by the queue above: 3 bf16 streams of 25 fps need
+    # ~75 % of a 2-core worker (bench/results/multistream.json); a new one beyond the limit gets 503 at once.
+    stream_capacity: float = setting(
+        0.85,
+        "STREAM_CAPACITY",
+        "share of this worker's measured compute that the streams it plays may need together; beyond it a new stream gets "
+        "`503` + `Retry-After` (one stream alone is always admitted); above 1: admit streams that will fall behind",
+        0.05,
+        10.0,
+    )
+    max_streams: int = setting(16, "MAX_STREAMS", "streamed replies playing at once per worker, at most", 1, 256)
     queue_timeout_s: float = setting(30.0, "QUEUE_TIMEOUT_S", "longest wait in the queue before `503`, seconds", 0.0, 3600.0)
     request_timeout_s: float = setting(300.0, "REQUEST_TIMEOUT_S", "per-request deadline → `504`, work stopped; seconds", 1.0, 3600.0)
     api_key: str = setting(

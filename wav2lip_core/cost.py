@@ -29,6 +29,8 @@ MS_PER_MEGAPIXEL_FRAME = 1.7
 CALIBRATION_SIDE = 384  # a square avatar, face box a third of it
 CALIBRATION_FRAMES = (8, 40)  # 4 and 12 frames (~16 and ~50 ms of rendering) gave 50 % errors: noise-bound
 OBSERVED_WEIGHT = 0.3  # how much one real request moves the correction factor
+CLIP_FRAME_FACTOR = 1.1  # generator.py: a video avatar runs the whole network, ~10 % more work a frame than the split decoder
+REFERENCE_PIXELS = 512 * 512  # /health states capacity in frames/s of a 512² still avatar
 
 
 @dataclass
@@ -42,12 +44,21 @@ class CostModel:
     observed: int = field(default=0)
 
     def seconds(self, frames: int, pixels: int) -> float:
+        return self.fixed_s * self.correction + frames * self.frame_seconds(pixels)
+
+    def frame_seconds(self, pixels: int, still: bool = True) -> float:
+        """One more frame of a `pixels`-sized avatar (a still one, or a video avatar: the whole network)."""
         extra = (pixels - self.calibration_pixels) / 1e6 * MS_PER_MEGAPIXEL_FRAME / 1000
-        return (self.fixed_s + frames * max(self.per_frame_s + extra, 0.2 * self.per_frame_s)) * self.correction
+        seconds = max(self.per_frame_s + extra, 0.2 * self.per_frame_s) * self.correction
+        return seconds if still else seconds * CLIP_FRAME_FACTOR
+
+    def stream_load(self, fps: float, pixels: int, still: bool) -> float:
+        """The share of this worker's compute a stream needs to keep real time (1.0: all of it)."""
+        return fps * self.frame_seconds(pixels, still)
 
     def observe(self, frames: int, pixels: int, seconds: float) -> None:
         """Fold one measured request into the correction factor (bounded: one odd request cannot wreck it)."""
-        predicted = self.seconds(frames, pixels) / self.correction
+        predicted = self.seconds(frames, pixels) / self.correction  # the model without its correction
         ratio = min(3.0, max(0.33, seconds / predicted))
         self.correction += OBSERVED_WEIGHT * (ratio - self.correction)
         self.observed += 1

@@ -5,6 +5,8 @@ converter also writes it split: `wav2lip_face` runs once per request and `wav2li
 seven face features (batch 1, broadcast inside the graph) with each mel batch — ~10 % less work per
 frame than the whole network. Infer requests (streams + 1) rotate, so while the caller pastes and
 encodes batch k the CPU plugin computes the next ones. Compiled once per process with a static batch.
+Every batch waits for its turn from the process's `Scheduler` (scheduler.py): several renders share
+the cores batch by batch, in the order of their `Pace`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from .compose import to_mouths
+from .scheduler import Pace, Scheduler, Turn
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -38,9 +41,18 @@ FEATURE_CACHE = 32  # still avatars whose face-encoder features are kept (7 arra
 class Generator:
     """The compiled generator; `run()` streams mouths for a sequence of mel chunks."""
 
-    def __init__(self, compiled: ov.CompiledModel, batch: int, face_encoder: ov.CompiledModel | None = None, int8: bool = False):
+    def __init__(
+        self,
+        compiled: ov.CompiledModel,
+        batch: int,
+        face_encoder: ov.CompiledModel | None = None,
+        int8: bool = False,
+        scheduler: Scheduler | None = None,
+    ):
         self.compiled = compiled  # the whole network (inputs mel, face) or the decoder (mel, feat0…6)
         self.batch = batch
+        # shared by every generator of the process (Runtime): one line for the cores; alone, its own
+        self.scheduler = scheduler or Scheduler(slots(compiled))
         self.face_encoder = face_encoder
         self.int8 = int8  # the quantised IR: INT8 convolutions, the rest at the compiled precision
         self._features: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()  # a repeated avatar skips the encoder
@@ -75,23 +87,31 @@ class Generator:
         return out
 
     def run(
-        self, mels: Mels, face: np.ndarray, check: Callable[[], None] = lambda: None, index: np.ndarray | None = None
+        self,
+        mels: Mels,
+        face: np.ndarray,
+        check: Callable[[], None] = lambda: None,
+        index: np.ndarray | None = None,
+        pace: Pace | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield (n, 96, 96, 3) uint8 BGR mouths for mels (N, 80, 16) and one face input (6, 96, 96).
 
         A video avatar passes `face` (n_src, 6, 96, 96) and `index` (N,): frame i uses face[index[i]]
-        (whole network only). `check` is called before each batch is submitted and while one computes
-        (the deadline and client hook: what it raises stops the run and cancels the batches in flight).
+        (whole network only). `check` is called before each batch is submitted, while it waits for its
+        turn and while one computes (the deadline and client hook: what it raises stops the run and
+        cancels the batches in flight). `pace` orders this run's batches among the others (a whole answer by default).
         """
         if index is not None and self.face_encoder is not None:
             raise ValueError("per-frame faces need the whole network, not the split generator")
+        pace = pace or Pace()
         constant = self._constant_inputs(face) if index is None else {}
         requests = self._requests()
         in_flight = len(requests)
         for request in requests:
+            request.set_callback(_release, None)  # a batch's turn ends when its inference does, whoever reads it
             for name, value in constant.items():
                 request.get_tensor(name).data[...] = value  # constant for the whole clip: set once per request
-        pending: deque[tuple[ov.InferRequest, int]] = deque()
+        pending: deque[tuple[ov.InferRequest, int, Turn]] = deque()
         try:
             for k, start in enumerate(range(0, len(mels), self.batch)):
                 check()
@@ -100,8 +120,7 @@ class Generator:
                 if index is not None:
                     inputs["face"] = self._padded(face[index[start : start + n]])
                 request = requests[k % in_flight]
-                request.start_async(inputs)
-                pending.append((request, n))
+                pending.append((request, n, self._submit(request, inputs, pace, start, check)))
                 if len(pending) == in_flight:
                     yield self._take(*pending[0], check)
                     pending.popleft()
@@ -109,11 +128,22 @@ class Generator:
                 yield self._take(*pending[0], check)
                 pending.popleft()
         finally:  # abandoned (an error, the deadline, a client gone): stop what is still computing, at once
-            for request, _ in pending:
+            for request, _, _ in pending:
                 request.cancel()
-            for request, _ in pending:
+            for request, _, turn in pending:
                 _wait_cancelled(request)
+                turn.release()  # a cancelled inference calls no callback
             self._idle.put(requests)
+
+    def _submit(self, request: ov.InferRequest, inputs: dict[str, np.ndarray], pace: Pace, frame: int, check: Callable[[], None]) -> Turn:
+        """Wait for this batch's turn, then start it; the turn is released by the completion callback."""
+        turn = self.scheduler.turn(pace, frame, check)
+        try:
+            request.start_async(inputs, turn)
+        except BaseException:
+            turn.release()
+            raise
+        return turn
 
     def _requests(self) -> list[ov.InferRequest]:
         """A set of infer requests for one run (every stream busy + one being consumed), reused from an
@@ -121,7 +151,7 @@ class Generator:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            return [self.compiled.create_infer_request() for _ in range(int(self.compiled.get_property("NUM_STREAMS")) + 1)]
+            return [self.compiled.create_infer_request() for _ in range(slots(self.compiled))]
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """Static shape: pad a last, short batch with copies of its last item."""
@@ -130,11 +160,22 @@ class Generator:
         return np.concatenate([x, np.repeat(x[-1:], self.batch - len(x), axis=0)])
 
     @staticmethod
-    def _take(request: ov.InferRequest, n: int, check: Callable[[], None]) -> np.ndarray:
+    def _take(request: ov.InferRequest, n: int, turn: Turn, check: Callable[[], None]) -> np.ndarray:
         """The batch's mouths; `check` runs every few ms while it computes (a deadline or a gone client stops it)."""
         while not request.wait_for(WAIT_POLL_MS):
             check()
+        turn.release()  # the callback has (or is about to); idempotent
         return to_mouths(request.get_output_tensor(0).data[:n])
+
+
+def slots(compiled: ov.CompiledModel) -> int:
+    """Batches in flight that keep every stream of the CPU plugin busy: one computing per stream, one more being read."""
+    return int(compiled.get_property("NUM_STREAMS")) + 1
+
+
+def _release(turn: Turn) -> None:
+    """OpenVINO's completion callback (its own thread): the batch's slot goes to the next in line."""
+    turn.release()
 
 
 def _wait_cancelled(request: ov.InferRequest) -> None:

@@ -15,7 +15,6 @@ from .api import TalkingHead
 from .backend import open_avatars
 from .config import Settings
 from .errors import ModelsMissing, NotReady
-from .gate import Gate
 from .jobs import JobStore
 from .registry import Registry
 from .runner import Runner
@@ -26,9 +25,9 @@ log = logging.getLogger("wav2lip.app")
 class Models:
     """This worker's TalkingHead and avatar registry, loaded once in a background thread."""
 
-    def __init__(self, settings: Settings, jobs: JobStore | None = None, gate: Gate | None = None):
+    def __init__(self, settings: Settings, jobs: JobStore | None = None):
         self.settings = settings
-        self.jobs, self.gate = jobs, gate  # with both, this worker runs jobs (JOB_WORKERS threads) once ready
+        self.jobs = jobs  # with a job store, this worker runs jobs (JOB_WORKERS threads) once ready
         self.runner: Runner | None = None
         self.head: TalkingHead | None = None
         self.registry: Registry | None = None
@@ -48,6 +47,7 @@ class Models:
         t0 = time.perf_counter()
         try:
             head = TalkingHead.load(settings=self.settings)
+            head.cost  # measured before ready: streams are admitted by it  # noqa: B018
             self.registry = Registry(head, open_avatars(self.settings))
             self.head = head  # last: a set `head` means ready
         except ModelsMissing as e:
@@ -59,8 +59,8 @@ class Models:
             log.exception("model loading failed")
             return
         log.info("models ready in %.1f s", time.perf_counter() - t0, extra={"fields": self.describe()})
-        if self.jobs is not None and self.gate is not None and self.settings.job_workers:
-            self.runner = Runner(self.jobs, self.registry, self.gate, self.settings)
+        if self.jobs is not None and self.settings.job_workers:
+            self.runner = Runner(self.jobs, self.registry, self.settings)
             self.runner.start()
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from .detect import FaceFinder
 from .dubbing import streamed
 from .errors import ClientGone, DeadlineExceeded
 from .generator import Generator
+from .scheduler import Pace
 from .schema import Options, Result
 from .video import Mp4Writer
 
@@ -94,6 +95,7 @@ class LipSync:
         clock: Clock | None = None,
         fragmented: bool = False,
         gone: Callable[[], bool] | None = None,
+        pace: Pace | None = None,
     ) -> Render:
         """Everything before the first frame (decode, detect, audio, the encoder) → a `Render`:
         `.complete()` makes the whole MP4, or `.batches()` makes it batch by batch (a stream).
@@ -102,7 +104,7 @@ class LipSync:
         time.monotonic() instant; `progress(done, total)` is called per batch; `clock` may carry stages
         timed before (a registered avatar's decode); `fragmented` makes a streamable MP4
         (`Render.writer.take()` after each batch); `gone()` True (a streamed reply's client has left)
-        stops the work with `ClientGone`."""
+        stops the work with `ClientGone`; `pace` says when its frames are due (scheduler.py; default: a whole answer)."""
         clock = clock or Clock()
         check = self._check(deadline, gone)
         if isinstance(avatar, bytes):
@@ -111,7 +113,7 @@ class LipSync:
         clock.lap("decode")
         check()
         generator = self.generator if avatar.still else self.clip_generator()
-        return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented)
+        return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented, pace or Pace())
 
     def _check(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
         """What the render loop and the generator call between steps: the deadline, and whether anyone still listens."""
@@ -140,6 +142,7 @@ class Render:
         check: Callable[[], None],
         progress: Progress | None,
         fragmented: bool,
+        pace: Pace,
     ):
         self.generator, self.avatar, self.sound, self.options = generator, avatar, sound, options
         self.clock, self.check, self.progress = clock, check, progress
@@ -153,6 +156,9 @@ class Render:
         clock.lap("audio")
         self.end_frame = avatar.end_position(self.frames, options.loop, options.start_frame)
         self.face_box = avatar.boxes[int(avatar.sequence(1, options.loop, options.start_frame)[0])]
+        self.pace = pace
+        pace.fps = self.fps  # a stream's frames are due at this rate
+        generator.scheduler.join(pace)
         self._open = True
 
     def batches(self) -> Iterator[int]:
@@ -161,9 +167,9 @@ class Render:
         avatar, writer, clock = self.avatar, self.writer, self.clock
         index = avatar.sequence(self.frames, self.options.loop, self.options.start_frame)
         if avatar.still:
-            mouths_in = self.generator.run(self.mels, avatar.faces[0], self.check)
+            mouths_in = self.generator.run(self.mels, avatar.faces[0], self.check, pace=self.pace)
         else:
-            mouths_in = self.generator.run(self.mels, avatar.faces, self.check, index=index)
+            mouths_in = self.generator.run(self.mels, avatar.faces, self.check, index=index, pace=self.pace)
         paster, shown = None, -1
         with closing(mouths_in):  # abandoned early (an error, a client gone): in-flight batches finish first
             for mouths in mouths_in:
@@ -197,6 +203,7 @@ class Render:
         """Close the file after the last batch: the whole MP4, or a fragmented one's last bytes."""
         data = self.writer.finish()
         self._open = False
+        self.generator.scheduler.leave(self.pace)
         self.clock.lap("encode")
         return data
 
@@ -211,3 +218,4 @@ class Render:
         if self._open:
             self._open = False
             self.writer.abort()
+        self.generator.scheduler.leave(self.pace)

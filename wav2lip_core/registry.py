@@ -18,6 +18,7 @@ from .avatar import Avatar
 from .errors import AvatarNotFound
 from .payload import GenerateRequest
 from .pipeline import Clock, Progress, Render
+from .scheduler import Pace
 from .schema import Options, Result
 from .store import Avatars
 from .video import Mp4Writer
@@ -81,16 +82,20 @@ class Registry:
         gone: Callable[[], bool] | None = None,
         progress: Progress | None = None,
         fragmented: bool = True,
+        pace: Pace | None = None,
     ) -> Render:
         """A request's clip, made batch by batch: fragmented for a streamed reply, whole for a job; decoding,
-        detection and the audio are done before this returns. `gone()` True stops it (the client left, the job was cancelled)."""
+        detection and the audio are done before this returns. `gone()` True stops it (the client left, the job was cancelled);
+        `pace` places its batches in the scheduler's line (a stream's or a job's)."""
         if req.avatar_id is not None:
             avatar, clock = self._restore(req.avatar_id)
             return self.head.lipsync.start(
-                avatar, req.audio, req.options, deadline, progress, clock=clock, fragmented=fragmented, gone=gone
+                avatar, req.audio, req.options, deadline, progress, clock=clock, fragmented=fragmented, gone=gone, pace=pace
             )
         media, video = _media(req)
-        return self.head.lipsync.start(media, req.audio, req.options, deadline, progress, video, fragmented=fragmented, gone=gone)
+        return self.head.lipsync.start(
+            media, req.audio, req.options, deadline, progress, video, fragmented=fragmented, gone=gone, pace=pace
+        )
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page

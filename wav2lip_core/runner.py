@@ -2,8 +2,9 @@
 
 Jobs run where the models already are (no second copy of them in memory, nothing else to start:
 a replica is still one `gunicorn` command, and its job threads die with it). They share the cores
-with interactive requests through the worker's `Gate`: a job computes only while no request waits,
-and steps aside between batches when one arrives.
+with interactive requests through the process's scheduler (scheduler.py): a job's batches come last
+in its line, so a job computes while nothing else waits and never delays a request by more than the
+batch in flight.
 
 While a job runs, a heartbeat renews its lease and records its progress every HEARTBEAT_S; when the
 store answers that the job is no longer this claim's (it was cancelled, or its lease ran out and
@@ -24,10 +25,10 @@ from typing import TYPE_CHECKING
 from . import metrics, urls
 from .errors import ClientGone, LipSyncError, StoreUnavailable
 from .jobs import Claim, JobStore, from_parts
+from .scheduler import Pace
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .gate import Gate
     from .registry import Registry
 
 log = logging.getLogger("wav2lip.jobs")
@@ -40,8 +41,8 @@ OUTAGE_BACKOFF_S = (0.5, 1, 2, 5)  # the store unreachable: wait this long befor
 class Runner:
     """`threads` job workers for this process; `start()` after the models are compiled."""
 
-    def __init__(self, jobs: JobStore, registry: Registry, gate: Gate, settings: Settings):
-        self.jobs, self.registry, self.gate, self.settings = jobs, registry, gate, settings
+    def __init__(self, jobs: JobStore, registry: Registry, settings: Settings):
+        self.jobs, self.registry, self.settings = jobs, registry, settings
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.stop = threading.Event()  # set: claim nothing more, stop the running jobs at their next check
         self._threads: list[threading.Thread] = []
@@ -87,17 +88,16 @@ class Runner:
         return 0
 
     def _run(self, claim: Claim) -> None:
-        """One job: render it under the gate, keep the result if the claim still holds, then the webhook."""
+        """One job: render it (last in the scheduler's line), keep the result if the claim still holds, then the webhook."""
         beat = Heartbeat(self.jobs, claim)
         t0 = time.monotonic()
         try:
             req = from_parts(self.jobs.inputs(claim))
             log.info("job %s started", claim.job_id, extra={"fields": {"job_id": claim.job_id, "owner": claim.owner}})
-            with self.gate.background():
-                render = self.registry.start(
-                    req, time.monotonic() + self.settings.job_timeout_s, gone=self._checker(beat), progress=beat.progress, fragmented=False
-                )
-                result = render.complete()
+            deadline = time.monotonic() + self.settings.job_timeout_s
+            gone, pace = self._checker(beat), Pace("job")
+            render = self.registry.start(req, deadline, gone=gone, progress=beat.progress, fragmented=False, pace=pace)
+            result = render.complete()
             kept = self.jobs.finish(claim, result.mp4)
             outcome = "done" if kept else "discarded"
         except ClientGone:  # our heartbeat stopped it: cancelled, or taken over by another worker
@@ -123,10 +123,9 @@ class Runner:
             self.notify(claim.job_id)
 
     def _checker(self, beat: Heartbeat) -> Callable[[], bool]:
-        """LipSync's `gone` hook for a job: True once the claim is lost; steps aside for waiting requests."""
+        """LipSync's `gone` hook for a job: True once the claim is lost or the worker stops."""
 
         def stopped() -> bool:
-            self.gate.pause()  # a waiting request gets the slot first
             return beat.lost.is_set() or self.stop.is_set()
 
         return stopped

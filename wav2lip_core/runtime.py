@@ -21,6 +21,7 @@ from .config import Settings
 from .detect import BlazeFaceDetector, Detector, S3FDDetector
 from .errors import ModelsMissing
 from .generator import Generator
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Runtime:
         if settings.cache_dir is not None:
             self.core.set_property({"CACHE_DIR": str(settings.cache_dir)})
         self.properties = cpu_properties(self.core, settings.precision, settings.threads(), settings.ov_streams)
+        self.scheduler = Scheduler(settings.ov_streams + 1)  # every generator's batches wait here for their turn
         self._lock = threading.Lock()
 
     @classmethod
@@ -169,7 +171,7 @@ class Runtime:
         int8 = self.int8
         decoder = self.compile(int8.decoder if int8 else entry.split.decoder, {"mel": [batch, 1, 80, 16]})
         encoder = self.compile(entry.split.face_encoder)
-        return self._log(Generator(decoder, batch, encoder, int8=int8 is not None), "split")
+        return self._log(Generator(decoder, batch, encoder, int8=int8 is not None, scheduler=self.scheduler), "split")
 
     @functools.cached_property
     def _whole(self) -> Generator:
@@ -178,7 +180,7 @@ class Runtime:
         compiled = self.compile(
             int8.file if int8 else self.manifest.generator.file, {"mel": [batch, 1, 80, 16], "face": [batch, 6, 96, 96]}
         )
-        return self._log(Generator(compiled, batch, int8=int8 is not None), "whole")
+        return self._log(Generator(compiled, batch, int8=int8 is not None, scheduler=self.scheduler), "whole")
 
     def clip_generator(self) -> Generator:
         """The whole network (a face input per frame: video avatars); compiled on first use, then shared."""

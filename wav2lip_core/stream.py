@@ -4,7 +4,7 @@ Everything that can fail early (the body, decoding, face detection, the gate, th
 before the headers, so those failures are the usual JSON errors. The headers carry what a client
 needs to know the stream is whole (`X-Frames`, `X-Duration`) and the codecs for Media Source
 Extensions. While frames are made the client's socket is looked at every few ms: a client gone (tab
-closed, barge-in, `AbortController.abort()`) cancels the batch in flight and frees the slot. A failure after the first byte is
+closed, barge-in, `AbortController.abort()`) cancels the batch in flight and frees the seat. A failure after the first byte is
 logged with the request id and cuts the connection: the chunked body then lacks its last, empty
 chunk, which every HTTP client reports as an error.
 """
@@ -45,11 +45,11 @@ class StreamStats:
 
 @dataclass
 class StreamBody:
-    """The WSGI body of a streamed reply. It owns the render and the slot (`hold`) until `close()`,
+    """The WSGI body of a streamed reply. It owns the render and the seat (`hold`) until `close()`,
     which the server calls when the body is done or the client has gone."""
 
     render: Render
-    hold: ExitStack  # the gate's slot and the in-flight gauge
+    hold: ExitStack  # the stream's seat (gate.Capacity) and the in-flight gauge
     started: float  # time.perf_counter() at the request's start
     request_id: str
     stats: StreamStats = field(default_factory=StreamStats)
@@ -58,6 +58,7 @@ class StreamBody:
         self._batches = self.render.batches()
         next(self._batches)  # the first batch, before any header: its errors are still JSON
         self.first = self.render.writer.take()  # ftyp + empty moov + the first frames' fragments
+        self.render.pace.start_playback()  # from now the player's clock runs: later frames are due at playback time
         self._closed = False
 
     @property
@@ -87,7 +88,7 @@ class StreamBody:
             log.exception("stream %s failed after %d frames: the connection is cut", self.request_id, self.stats.frames_sent)
             raise
         finally:
-            self.close()  # the slot is free as soon as the body ends, before the server's own close()
+            self.close()  # the seat is free as soon as the body ends, before the server's own close()
 
     def _sent(self, data: bytes) -> bytes:
         if self.stats.first_byte_s is None:
@@ -98,7 +99,7 @@ class StreamBody:
         return data
 
     def close(self) -> None:
-        """Stop the work (in-flight batches cancelled), release the encoder and the slot, count the outcome.
+        """Stop the work (in-flight batches cancelled), release the encoder and the seat, count the outcome.
         Called when the body ends, and again by the server (WSGI `close()`): the second call does nothing."""
         if self._closed:
             return
