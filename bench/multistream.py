@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def scenario_beside(port: int, streams: int) -> dict[str, Any]:
     watched = together(port, [payload(20.0)] * streams, gap_s=0.3)
     side.join()
     return {"streams": watched, "all_kept_real_time": all(s["kept_real_time"] for s in watched), "whole_6_4s": whole,
-            "job": wait_job(port, job["job_id"])}  # fmt: skip
+            "job": wait_job(port, job["id"])}  # fmt: skip
 
 
 def wait_job(port: int, job_id: str, timeout_s: float = 600.0) -> dict[str, Any]:
@@ -300,24 +301,29 @@ def health(port: int) -> dict[str, Any]:
     return data
 
 
-def run_server(models: Path, tmp: Path, quick: bool, env: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def run_server(models: Path, tmp: Path, quick: bool, env: dict[str, str], out: dict[str, Any], save: Callable[[], None]) -> None:
+    """Every scenario on one server, into `out`; `save()` after each (a long run leaves what it measured)."""
     with Gunicorn(models, tmp / "gunicorn.log", env={"AVATAR_DIR": str(tmp / "avatars"), "JOB_DIR": str(tmp / "jobs"), **env},
                   ready_timeout_s=300) as server:  # fmt: skip
         port, worker = server.port, next(iter(server.workers()))
-        out["health"] = health(port)
         users = 5 if env.get("PRECISION") == "int8" else 3
-        out["second_user"] = scenario_second_user(port)
-        out["users"] = scenario_users(port, users)
-        out["overload"] = scenario_overload(port)
-        out["beside"] = scenario_beside(port, max(1, out["overload"]["admitted"] - 1))
-        out["whole"] = scenario_whole(port, 3 if quick else 5)
+        scenarios: list[tuple[str, Callable[[], Any]]] = [
+            ("health", lambda: health(port)),
+            ("second_user", lambda: scenario_second_user(port)),
+            ("users", lambda: scenario_users(port, users)),
+            ("overload", lambda: scenario_overload(port)),
+            ("beside", lambda: scenario_beside(port, max(1, out["overload"]["admitted"] - 1))),
+            ("whole", lambda: scenario_whole(port, 3 if quick else 5)),
+        ]
         if not quick:
-            out["video_avatar"] = scenario_video_avatar(port, tmp, 5)
-            out["leaks"] = scenario_leaks(server, worker)
+            scenarios += [("video_avatar", lambda: scenario_video_avatar(port, tmp, 5)), ("leaks", lambda: scenario_leaks(server, worker))]
+        for name, scenario in scenarios:
+            print(f"[multistream] {env or 'default'}: {name}", flush=True)
+            out[name] = scenario()
+            save()
         out["capacity_streams_admitted"] = out["overload"]["admitted"]
         out["capacity_model"] = capacity_model(out["health"], out["whole"])
-    return out
+        save()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"machine": machine(), "batch_merge": batch_merge(opts.models)}
     precisions = [("bf16", {})] + ([("int8", {"PRECISION": "int8"})] if opts.int8 else [])
     for name, env in precisions:
+        res[name] = {}
         with tempfile.TemporaryDirectory(prefix="multistream-") as tmp:
-            res[name] = run_server(opts.models, Path(tmp), opts.quick, env)
-        write_results(res, RESULTS)
+            run_server(opts.models, Path(tmp), opts.quick, env, res[name], lambda: write_results(res, RESULTS))
     print(json.dumps({k: v for k, v in res.items() if k != "machine"}, indent=1)[:6000])
     return 0
 

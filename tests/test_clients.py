@@ -472,8 +472,9 @@ def test_two_pages_talk_at_once_and_both_play_without_waiting(
 
 @pytest.fixture(scope="module")
 def hasty_server(ir_blazeface: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
-    """A server whose deadline (REQUEST_TIMEOUT_S) passes while a long reply streams: it then cuts the connection."""
-    env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(tmp_path_factory.mktemp("avatars")), "REQUEST_TIMEOUT_S": "4"}
+    """A server whose deadline (REQUEST_TIMEOUT_S) passes while a long reply streams: it then cuts the connection.
+    It plays one stream at a time (MAX_STREAMS): a second is refused with 503 + Retry-After."""
+    env = {"CORS_ORIGINS": PAGE_ORIGIN, "AVATAR_DIR": str(tmp_path_factory.mktemp("avatars")), "REQUEST_TIMEOUT_S": "4", "MAX_STREAMS": "1"}
     with Gunicorn(ir_blazeface, tmp_path_factory.mktemp("logs") / "gunicorn.log", env=env, ready_timeout_s=120) as s:
         yield s
 
@@ -492,3 +493,21 @@ def test_browser_shows_a_reply_cut_short(chromium: str, hasty_server: Gunicorn, 
     assert resume["endFrame"] == (start + resume["framesShown"]) % PERIOD, resume
     assert round(resume["idleFrameOnScreen"]) == resume["endFrame"], resume
     assert state["phase"] == "idle" and "the reply was cut" in status, status
+
+
+def test_browser_waits_out_a_busy_server_and_then_speaks(chromium: str, hasty_server: Gunicorn, page_origin: str, tmp_path: Path) -> None:
+    """One stream at a time: the second page's reply is refused (503 + Retry-After); the page waits that long, asks
+    again, and plays it whole."""
+    (speech := tmp_path / "speech.wav").write_bytes(wav(speech_s(1.0)))
+    for name in "ab":
+        (tmp_path / name).mkdir()
+    with Chromium(chromium, tmp_path / "a") as a, Chromium(chromium, tmp_path / "b") as b:
+        for browser in (a, b):
+            open_avatar(browser, page_origin, hasty_server.url, tmp_path)
+        befores = [start_speaking(browser, speech) for browser in (a, b)]
+        states = [wait_idle(browser, before) for browser, before in zip((a, b), befores, strict=True)]
+    busy = [[e for e in state["events"] if e["event"] == "busy"] for state in states]
+    assert sum(map(bool, busy)) == 1, busy  # exactly one page was refused, and waited
+    assert all(e["code"] == "busy" and 1 <= e["retryAfterS"] <= 30 for e in busy[0] + busy[1]), busy
+    for state in states:
+        assert (state["lastStream"]["outcome"], state["lastStream"]["framesReceived"]) == ("complete", 25), state["events"]
