@@ -206,7 +206,7 @@ def test_fault_leaves_checkpoints_unchanged(kind: str, seeded: Path, ckpt_dir: P
     assert says in line and "make weights again" in line and f"{ckpt_dir}/ is unchanged" in line
     assert "Traceback" not in proc.stdout + proc.stderr
     assert _snapshot(ckpt_dir) == before
-    assert not list((ckpt_dir.parent / PARTIAL_DIR).glob("*.part"))  # a whole but wrong file is not kept for a resume
+    assert not (ckpt_dir.parent / PARTIAL_DIR).exists()  # a whole but wrong file is not kept for a resume
 
 
 @pytest.mark.parametrize("how", ["no_terminal", "no_on_a_terminal"])

@@ -60,6 +60,11 @@ def fetch(uri: str, part: Path, label: str) -> None:
         _fetch_url(uri, part, label)
 
 
+def validator_of(part: Path) -> Path:
+    """Where a plain URL's partial file keeps the server's ETag / Last-Modified (its If-Range on a resume)."""
+    return part.with_suffix(".validator")
+
+
 def parse_hub(uri: str) -> Any:
     """`hf://[TYPE/]REPO[@REVISION]/FILE` → huggingface_hub's HfUri; ValueError (HfUriError) when malformed."""
     from huggingface_hub.utils import parse_hf_uri  # conversion-only dependency, imported when used
@@ -101,7 +106,7 @@ def _hub_logs_to_stdout() -> None:
 
 def _fetch_url(url: str, part: Path, label: str) -> None:
     """GET `url` into `part`, resuming what an earlier run left there."""
-    validator = part.with_suffix(".validator")  # the server's ETag / Last-Modified for If-Range
+    validator = validator_of(part)
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have and validator.exists():

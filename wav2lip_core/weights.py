@@ -200,10 +200,11 @@ def fetch_one(name: str, sources: SourceList, partial: Path, check: LayoutCheck,
         except (WeightsError, CheckpointError) as e:
             if e.code != "download_failed":  # whole but wrong: it cannot get better, start afresh next time
                 part.unlink(missing_ok=True)
+                transfer.validator_of(part).unlink(missing_ok=True)
             failed.append(f"{uri}: {e.message}")
             print(f"  refused ({e.code}): {e.message}", flush=True)
             continue
-        part.with_suffix(".validator").unlink(missing_ok=True)
+        transfer.validator_of(part).unlink(missing_ok=True)
         print(f"  verified: {part.stat().st_size} bytes, sha256 {digest}, loads into the {TARGETS[name].network} network", flush=True)
         return part
     reasons = "; ".join(failed) or f"{name} has no source in the list"
@@ -220,17 +221,24 @@ def fetch(names: Sequence[str], checkpoints: Path, sources: SourceList, check: L
         partial.mkdir(exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create {partial}/ for the downloads beside {checkpoints}/: {e}") from e
-    verified = {name: fetch_one(name, sources, partial, check, checkpoints) for name in names}  # the first failure stops: nothing moves
+    try:
+        verified = {name: fetch_one(name, sources, partial, check, checkpoints) for name in names}  # the first failure stops
+        return _move_in(verified, partial, checkpoints)
+    finally:
+        if not any(partial.iterdir()):  # nothing left to resume: no trace
+            partial.rmdir()
+
+
+def _move_in(verified: dict[str, Path], partial: Path, checkpoints: Path) -> list[Path]:
+    """os.replace each verified file to its name in `checkpoints` (atomic: the same file system)."""
     placed = []
     try:
         checkpoints.mkdir(parents=True, exist_ok=True)
         for name, part in verified.items():
             placed.append(checkpoints / TARGETS[name].file)
             os.replace(part, placed[-1])
-    except OSError as e:  # e.g. checkpoints/ on another file system than its parent folder
+    except OSError as e:  # e.g. checkpoints/ mounted from another file system than its parent folder
         raise WeightsError(f"cannot move the verified files from {partial}/ into {checkpoints}/: {e}") from e
-    if partial.is_dir() and not any(partial.iterdir()):
-        partial.rmdir()
     return placed
 
 
