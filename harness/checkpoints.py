@@ -13,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness import ROOT
@@ -53,10 +54,10 @@ def write_checkpoints(out_dir: Path, wav2lip_seed: int, s3fd_seed: int | None = 
     return {name: Path(path) for name, path in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
-def run_converter(*args: str) -> subprocess.CompletedProcess[str]:
-    """convert_to_openvino.py ARGS in a child process, its output captured."""
+def run_converter(*args: str, env: Mapping[str, str] | None = None, stdin: int = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    """convert_to_openvino.py ARGS in a child process (in `env`, reading `stdin`: no terminal unless given), its output captured."""
     cmd = [sys.executable, str(ROOT / "convert_to_openvino.py"), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False)
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdin=stdin, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from .config import Settings
 from .cost import CostModel
 from .detect import FaceFinder
 from .pipeline import LipSync, Progress
-from .runtime import Runtime
+from .runtime import WEIGHTS_HINT, Runtime
 from .schema import Box, Options, Result
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class TalkingHead:
         lipsync = LipSync(settings, runtime.still_generator(), runtime.clip_generator, finder)
         lipsync.warm_up()
         if runtime.manifest.generator.weights == "random":
-            log.warning("the generator in %s has RANDOM weights (converted with --random-init): mouths are noise", settings.models_dir)
+            log.warning("the generator in %s has RANDOM weights (--random-init): mouths are noise; %s", settings.models_dir, WEIGHTS_HINT)
         return cls(lipsync, runtime)
 
     @property

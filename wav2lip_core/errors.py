@@ -89,6 +89,14 @@ class CheckpointError(LipSyncError):
     code = "bad_checkpoint"
 
 
+class WeightsError(LipSyncError):
+    """`make weights` put nothing in checkpoints/: the licence not accepted (`licence_not_accepted`), a malformed
+    sources list (`bad_sources`), a name that is no checkpoint (`unknown_checkpoint`), or no source of a checkpoint
+    gave a verified file (`weights_unavailable`; each source's reason: `download_failed`, `wrong_size`, `wrong_digest`)."""
+
+    code = "weights_unavailable"
+
+
 class StoreUnavailable(LipSyncError):
     """The shared store (Redis) cannot be reached; raised with a `retry_after`: the server recovers when it is back."""
 

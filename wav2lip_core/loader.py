@@ -18,6 +18,7 @@ from .errors import ModelsMissing, NotReady
 from .jobs import JobStore
 from .registry import Registry
 from .runner import Runner
+from .runtime import WEIGHTS_HINT
 
 log = logging.getLogger("wav2lip.app")
 
@@ -81,5 +82,5 @@ class Models:
         if self.head is not None:
             info |= self.head.info()
             if info["generator_weights"] == "random":
-                info["warning"] = "generator weights are RANDOM (--random-init): output is not lip-sync"
+                info["warning"] = f"generator weights are RANDOM (--random-init): output is not lip-sync; {WEIGHTS_HINT}"
         return info

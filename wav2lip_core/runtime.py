@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 GENERATOR, S3FD, BLAZEFACE = "wav2lip", "s3fd", "blazeface"  # the manifest's model keys
 CONVERT_HINT = "python convert_to_openvino.py --random-init 0 --out {d}   (or: make models)"
+WEIGHTS_HINT = "for real lip-sync: make weights, then make serve again (README: Real weights)"  # after a RANDOM-generator warning
 INT8_HINT = "python convert_to_openvino.py --wav2lip CKPT --int8 --out {d}   (or: make models-int8)"
 # Detectors run once per avatar: exactness over speed (f32, one stream).
 DETECTOR_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
