@@ -223,11 +223,33 @@ def test_licence_not_accepted_fetches_nothing(how: str, seeded: Path, ckpt_dir: 
     assert standin.requests == [] and _snapshot(ckpt_dir) == before
 
 
+def test_default_sources_with_only_hf_endpoint_set(seeded: Path, ckpt_dir: Path, standin: HubStandin) -> None:
+    """The README's proof: the default list, HF_ENDPOINT at a stand-in that has the generator. S3FD's sources are out of
+    reach (its own site; the stand-in has no copy): the generator goes in anyway, and a warning names what to do."""
+    routes, _ = seeded_routes(seeded, standin.url)
+    standin.routes.update({path: route for path, route in routes.items() if "s3fd" not in path})
+    proc = _fetch(ckpt_dir, standin.url, "")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stdout[-2000:] + proc.stderr
+    assert "warning: s3fd not fetched" in proc.stdout and "BlazeFace" in proc.stdout
+    assert _snapshot(ckpt_dir) == {"README.md": _sha(ckpt_dir / "README.md"), "wav2lip_gan.pth": _sha(seeded / "wav2lip.pth")}
+
+
+def test_an_optional_checkpoint_that_arrives_wrong_still_fails_the_run(seeded: Path, ckpt_dir: Path, standin: HubStandin) -> None:
+    """Only an S3FD that nobody could reach is left out: one that came and was refused stops everything."""
+    routes, listed = seeded_routes(seeded, standin.url)
+    standin.routes.update(routes)
+    standin.routes[listed.sources["s3fd"][0][len(standin.url) :]] = Route(seeded / "wav2lip.pth")  # the wrong network
+    before = _snapshot(ckpt_dir)
+    line = _one_error_line(_fetch(ckpt_dir, standin.url, listed.format()))
+    assert "s3fd" in line and _snapshot(ckpt_dir) == before
+
+
 def test_default_sources_name_every_checkpoint_and_round_trip() -> None:
     listed = parse_sources(DEFAULT_SOURCES, "defaults")
     assert set(listed.sources) == set(TARGETS)
     assert listed.sources["wav2lip_gan"][0] == "hf://numz/wav2lip_studio/Wav2lip/wav2lip_gan.pth"  # OpenVINO's notebook's repository
     assert listed.sources["s3fd"][0] == "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
+    assert all(uri.startswith("hf://") for name in ("wav2lip_gan", "wav2lip") for uri in listed.sources[name])  # HF_ENDPOINT applies
     assert listed.expected["s3fd"].sha256.startswith("619a316812")  # the digest agrees with the name it came under
     assert parse_sources(listed.format(), "formatted") == listed
     assert load_sources({}) == listed == load_sources({SOURCES_ENV: "  "})

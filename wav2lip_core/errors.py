@@ -92,7 +92,8 @@ class CheckpointError(LipSyncError):
 class WeightsError(LipSyncError):
     """`make weights` put nothing in checkpoints/: the licence not accepted (`licence_not_accepted`), a malformed
     sources list (`bad_sources`), a name that is no checkpoint (`unknown_checkpoint`), or no source of a checkpoint
-    gave a verified file (`weights_unavailable`; each source's reason: `download_failed`, `wrong_size`, `wrong_digest`)."""
+    gave a verified file (`weights_unavailable`, or `weights_unreachable` when none could even be downloaded; each
+    source's reason: `download_failed`, `wrong_size`, `wrong_digest`)."""
 
     code = "weights_unavailable"
 

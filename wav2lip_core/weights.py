@@ -35,19 +35,19 @@ ACCEPT_ENV = "WAV2LIP_ACCEPT_LICENSE"
 PARTIAL_DIR = ".weights-partial"  # beside checkpoints/, never in it
 COMMAND = "make weights"  # what the messages tell to run again
 
-# Sizes and digests: the files as published (wav2lip_gan.pth, 416 MiB, the same on the three mirrors;
-# s3fd-619a316812.pth, face_alignment's, whose name carries its digest's first digits). Plain
-# wav2lip.pth has no recorded digest: its size comes from the server, its layout from the converter.
+# Sources: hf:// entries go through huggingface_hub, so HF_ENDPOINT (a mirror, a proxy) applies to them all. Only S3FD's
+# digest is pinned (face_alignment's file, its name carrying the digest's first digits). The Wav2Lip files have no
+# published digest: a download must load into the network (the converter's layout check), and the converter records
+# its sha256 in ir_models/manifest.json, so what is served can always be traced to the exact file.
 DEFAULT_SOURCES = """
-wav2lip_gan sha256=ca9ab7b7b812c0e80a6e70a5977c545a1e8a365a6c49d5e533023c034d7ac3d8 size=435801865
 wav2lip_gan hf://numz/wav2lip_studio/Wav2lip/wav2lip_gan.pth
-wav2lip_gan https://huggingface.co/Nekochu/Wav2Lip/resolve/main/wav2lip_gan.pth
-wav2lip_gan https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints/wav2lip_gan.pth
+wav2lip_gan hf://Nekochu/Wav2Lip/wav2lip_gan.pth
+wav2lip_gan hf://camenduru/Wav2Lip/checkpoints/wav2lip_gan.pth
 wav2lip     hf://numz/wav2lip_studio/Wav2lip/wav2lip.pth
-wav2lip     https://huggingface.co/Nekochu/Wav2Lip/resolve/main/wav2lip.pth
-s3fd        sha256=619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543 size=89843225
+wav2lip     hf://Nekochu/Wav2Lip/wav2lip.pth
+s3fd        sha256=619a31681264d3f7f7fc7a16a42cbbe8b23f31a256f75a366e5a1bcd59b33543
 s3fd        https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth
-s3fd        https://huggingface.co/camenduru/Wav2Lip/resolve/main/checkpoints/s3fd-619a316812.pth
+s3fd        hf://camenduru/Wav2Lip/checkpoints/s3fd-619a316812.pth
 """
 
 # Wav2Lip's README (github.com/Rudrabha/Wav2Lip, "Disclaimer" and "License and Citation").
@@ -75,6 +75,9 @@ TARGETS = {
     "s3fd": Target("s3fd.pth", S3FD),
 }
 DEFAULT_FETCH = ("wav2lip_gan", "s3fd")  # the generator Makefile's CONVERT prefers, and the detector
+# Fetched by default but not needed: when none of its sources can be reached, the generator still goes in and faces are
+# found by BlazeFace (shipped in a wheel). A file that arrives and is refused still fails the whole run.
+OPTIONAL = frozenset({"s3fd"})
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ def fetch_one(name: str, sources: SourceList, partial: Path, check: LayoutCheck,
     """The first of `name`'s sources that downloads and verifies, as a file in `partial`; else WeightsError."""
     uris = sources.sources.get(name, [])
     failed: list[str] = []
+    unreachable = True  # no source gave a whole file (as opposed to one refused)
     for i, uri in enumerate(uris, 1):
         part = partial / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.part"  # one per source: resumes never mix
         print(f"{name}: source {i}/{len(uris)}: {uri}", flush=True)
@@ -199,6 +203,7 @@ def fetch_one(name: str, sources: SourceList, partial: Path, check: LayoutCheck,
             digest = verify(part, name, uri, sources.expected.get(name, Expected()), check)
         except (WeightsError, CheckpointError) as e:
             if e.code != "download_failed":  # whole but wrong: it cannot get better, start afresh next time
+                unreachable = False
                 part.unlink(missing_ok=True)
                 transfer.validator_of(part).unlink(missing_ok=True)
             failed.append(f"{uri}: {e.message}")
@@ -210,19 +215,31 @@ def fetch_one(name: str, sources: SourceList, partial: Path, check: LayoutCheck,
     reasons = "; ".join(failed) or f"{name} has no source in the list"
     raise WeightsError(
         f"{name}: no source gave a verified file ({reasons}). Offline? Connect (or set HF_ENDPOINT / {SOURCES_ENV} "
-        f"to a reachable mirror) and run {COMMAND} again; {checkpoints}/ is unchanged"
+        f"to a reachable mirror) and run {COMMAND} again; {checkpoints}/ is unchanged",
+        code="weights_unreachable" if unreachable else "weights_unavailable",
     )
 
 
-def fetch(names: Sequence[str], checkpoints: Path, sources: SourceList, check: LayoutCheck) -> list[Path]:
-    """Download and verify every checkpoint in `names`, then move them all into `checkpoints`."""
+def fetch(
+    names: Sequence[str], checkpoints: Path, sources: SourceList, check: LayoutCheck, optional: frozenset[str] = frozenset()
+) -> list[Path]:
+    """Download and verify every checkpoint in `names`, then move them all into `checkpoints` (those in `optional` may
+    be left out when none of their sources can be reached)."""
     partial = checkpoints.resolve().parent / PARTIAL_DIR
     try:
         partial.mkdir(exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create {partial}/ for the downloads beside {checkpoints}/: {e}") from e
     try:
-        verified = {name: fetch_one(name, sources, partial, check, checkpoints) for name in names}  # the first failure stops
+        verified = {}
+        for name in names:  # the first failure stops, but for an optional checkpoint nobody could reach
+            try:
+                verified[name] = fetch_one(name, sources, partial, check, checkpoints)
+            except WeightsError as e:
+                if name not in optional or e.code != "weights_unreachable":
+                    raise
+                print(f"warning: {name} not fetched, none of its sources could be reached: faces will be found by BlazeFace. "
+                      f"Run {COMMAND} again to add it. ({e.message})", flush=True)  # fmt: skip
         return _move_in(verified, partial, checkpoints)
     finally:
         if not any(partial.iterdir()):  # nothing left to resume: no trace
@@ -260,7 +277,7 @@ def fetch_main(names: Sequence[str], checkpoints: Path, check: LayoutCheck, env:
                 wanted.append(n)
         if wanted:
             accept_licence(env, sys.stdin)
-            for path in fetch(wanted, checkpoints, sources, check):
+            for path in fetch(wanted, checkpoints, sources, check, OPTIONAL if not names else frozenset()):
                 print(f"wrote {path}")
     except WeightsError as e:
         print(f"error: {e.message}", file=sys.stderr)
