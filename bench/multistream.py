@@ -331,13 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=ROOT / "ir_models")
     ap.add_argument("--int8", action="store_true", help="also the same scenarios with PRECISION=int8 (needs make models-int8)")
     ap.add_argument("--quick", action="store_true", help="skip the video avatar and the leak scenarios")
+    ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE", help="a server setting for every run (repeatable)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     opts = ap.parse_args(argv)
-    res: dict[str, Any] = {"machine": machine(), "batch_merge": batch_merge(opts.models)}
-    precisions = [("bf16", {})] + ([("int8", {"PRECISION": "int8"})] if opts.int8 else [])
+    extra = dict(item.split("=", 1) for item in opts.set)
+    res: dict[str, Any] = {"machine": machine(), "settings": extra, "batch_merge": batch_merge(opts.models)}
+    precisions = [("bf16", extra)] + ([("int8", extra | {"PRECISION": "int8"})] if opts.int8 else [])
     for name, env in precisions:
         res[name] = {}
         with tempfile.TemporaryDirectory(prefix="multistream-") as tmp:
-            run_server(opts.models, Path(tmp), opts.quick, env, res[name], lambda: write_results(res, RESULTS))
+            run_server(opts.models, Path(tmp), opts.quick, env, res[name], lambda: write_results(res, opts.out))
     print(json.dumps({k: v for k, v in res.items() if k != "machine"}, indent=1)[:6000])
     return 0
 
