@@ -114,6 +114,15 @@ def node() -> str:
 
 
 @pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the browser page and the docs' page examples. Required: .ci/run installs it."""
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(exe, os.X_OK):
+        pytest.fail("'chromium' is not installed; the browser tests need it (Debian: apt-get install chromium; .ci/run does this)")
+    return exe
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session (append-only data in a temporary folder); tests use their own key prefixes."""
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:

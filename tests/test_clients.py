@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -40,18 +38,6 @@ TWO_CONVERSATIONS = ROOT / "tests" / "node" / "two_conversations.mjs"  # two gen
 CLIP_FRAMES = 20  # the video avatars: helpers.idle_clip(320, 240, frames=CLIP_FRAMES)
 PERIOD = 2 * CLIP_FRAMES - 2  # their pingpong loop: 38 positions
 SPEECH_S = 6.4  # test_assets/speech.wav: 102400 samples at 16 kHz → 160 frames at 25 fps
-
-
-def _require(name: str, *fallbacks: str) -> str:
-    found = shutil.which(name) or next((f for f in fallbacks if os.access(f, os.X_OK)), None)
-    if found is None:
-        pytest.fail(f"{name!r} is not installed; the client tests need it (Debian: apt-get install {name}; .ci/run does this)")
-    return found
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    return _require("chromium", "/usr/bin/chromium")
 
 
 def run_cli(node: str, *args: str | Path, script: Path = NODE_CLI) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Settings from the environment: defaults, parsing, refusals, and the README's table kept true."""
+"""Settings from the environment: defaults, parsing, refusals, and the tables of docs/configuration.md and the README kept true."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from wav2lip_core.config import Settings, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DOC = ROOT / "docs" / "configuration.md"  # the full table, `python -m wav2lip_core.config`, lives only there
 VARS = [f.metadata["env"].var for f in fields(Settings)]
 ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (empty|`[^`]*`) \|")
 
@@ -26,12 +27,18 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def readme_rows() -> list[tuple[str, str]]:
-    """(variable, default text) for each row of the README's configuration table."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
-    rows = [m.groups() for m in map(ROW.match, section.splitlines()) if m]
+def table_rows(text: str) -> list[tuple[str, str]]:
+    """(variable, default text) for each row of the settings tables in `text`."""
+    rows = [m.groups() for m in map(ROW.match, text.splitlines()) if m]
     return [(var, "" if cell == "empty" else cell.strip("`")) for var, cell in rows]
+
+
+def wrong_defaults(env: pytest.MonkeyPatch, rows: list[tuple[str, str]]) -> dict[str, str]:
+    """The rows whose default, given as the environment, does not read as the declared default."""
+    for var, default in rows:
+        env.setenv(var, default)
+    read, declared = Settings.from_env(), {f.metadata["env"].var: f for f in fields(Settings)}
+    return {var: text for var, text in rows if getattr(read, declared[var].name) != declared[var].default}
 
 
 def test_an_empty_environment_gives_the_defaults(env: pytest.MonkeyPatch) -> None:
@@ -47,17 +54,26 @@ def test_an_empty_environment_gives_the_defaults(env: pytest.MonkeyPatch) -> Non
     assert (s.bind_address(), s.graceful_timeout_s(), s.gunicorn_timeout, s.log_level) == ("127.0.0.1:8000", 310, 120, "info")
 
 
-def test_the_readme_table_lists_every_setting_once_with_its_default(env: pytest.MonkeyPatch) -> None:
-    rows = readme_rows()
+def test_the_configuration_page_lists_every_setting_once_with_its_default(env: pytest.MonkeyPatch) -> None:
+    text = CONFIG_DOC.read_text()
+    rows = table_rows(text)
     twice = [var for var, n in Counter(var for var, _ in rows).items() if n > 1]
-    assert not twice, f"README lists {twice} more than once"
-    assert [var for var, _ in rows] == VARS, "README's variables differ from wav2lip_core/config.py: paste `python -m wav2lip_core.config`"
-    for var, default in rows:  # the README's defaults, given as the environment, must read as the declared defaults
-        env.setenv(var, default)
-    read, declared = Settings.from_env(), {f.metadata["env"].var: f for f in fields(Settings)}
-    wrong = {var: text for var, text in rows if getattr(read, declared[var].name) != declared[var].default}
-    assert not wrong, f"README's defaults differ from wav2lip_core/config.py: {wrong}"
-    assert markdown_table() in (ROOT / "README.md").read_text(), "README's table is stale: paste `python -m wav2lip_core.config`"
+    assert not twice, f"{CONFIG_DOC.name} lists {twice} more than once"
+    paste = "paste `python -m wav2lip_core.config` into docs/configuration.md"
+    assert [var for var, _ in rows] == VARS, f"{CONFIG_DOC.name}'s variables differ from wav2lip_core/config.py: {paste}"
+    assert not (wrong := wrong_defaults(env, rows)), f"{CONFIG_DOC.name}'s defaults differ from wav2lip_core/config.py: {wrong}"
+    assert markdown_table() in text, f"{CONFIG_DOC.name}'s table is stale: {paste}"
+
+
+def test_the_readme_shows_some_settings_with_their_defaults(env: pytest.MonkeyPatch) -> None:
+    """The README's short table: declared settings, each once, with the declared default (the full table is not copied there)."""
+    text = (ROOT / "README.md").read_text()
+    rows = table_rows(text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0])
+    names = [var for var, _ in rows]
+    assert 5 <= len(rows) < len(VARS) and len(set(names)) == len(names), names
+    assert set(names) <= set(VARS), f"README names undeclared settings: {set(names) - set(VARS)}"
+    assert not (wrong := wrong_defaults(env, rows)), f"README's defaults differ from wav2lip_core/config.py: {wrong}"
+    assert "| `LOG_LEVEL` |" not in text, "the full table belongs in docs/configuration.md only"
 
 
 @pytest.mark.parametrize(

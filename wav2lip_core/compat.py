@@ -1,6 +1,6 @@
 """Drop-in routes of the services existing clients were written for: they work by changing only the base URL.
 
-Each is the native API under another name and other field names (README: Drop-in routes), so the
+Each is the native API under another name and other field names (docs/http-api-guide.md: Drop-in routes), so the
 limits, the gate, the typed error JSON, `X-Request-ID`, the API key and the metrics are the same:
 
     POST /sync                     video + audio            → /api/generate, video, loop none (dubbing)

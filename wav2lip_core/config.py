@@ -258,7 +258,7 @@ def as_text(value: object) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, one row per setting, from the declarations above."""
+    """The configuration table of docs/configuration.md, one row per setting, from the declarations above."""
     kinds = get_type_hints(Settings)
     rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
     for f in fields(Settings):

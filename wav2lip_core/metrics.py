@@ -25,7 +25,7 @@ FIRST_BYTE = Histogram(
     "lipsync_stream_first_byte_seconds", "Streams: request start to the first body byte", buckets=(0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10)
 )
 JOBS = Counter("lipsync_jobs_total", "Job runs by outcome (done, error, stopped, discarded, interrupted)", ["outcome"])
-# For an autoscaler (README: Kubernetes): demand ÷ capacity is the share of real-time capacity the playing streams use.
+# For an autoscaler (docs/capacity.md): demand ÷ capacity is the share of real-time capacity the playing streams use.
 CAPACITY_FPS = Gauge(
     "lipsync_stream_capacity_fps", "Frames/s (512² still) the streams of a worker may use together", multiprocess_mode="livesum"
 )
