@@ -35,7 +35,7 @@ PENDING = {"docs/api.md"}  # generated from the code by another change; remove o
 LANGS = {"sh", "js", "mjs", "html", "python"}
 ALIASES = {"bash", "shell", "console", "zsh", "javascript", "node", "py", "python3", "htm"}  # write them as one of LANGS
 NOT_RUN_MARK = re.compile(r"^<!-- not run by tests: (\S.*\S) -->$")
-RUN_BY_MARK = re.compile(r"^<!-- run by (tests/\w+\.py) -->$")
+RUN_BY_MARK = re.compile(r"^<!-- run by (tests/[\w/]+\.py) -->$")
 # blocks marked not run, per page: a new one is a deliberate change here, never a silent skip
 NOT_RUN = {"README.md": 2, "docs/deployment.md": 6, "docs/development.md": 1, "docs/weights.md": 1}
 SPEECH_FRAMES = 160  # test_assets/speech.wav: 6.4 s at 25 fps
