@@ -52,7 +52,10 @@ logconfig_dict = {
 }
 
 # Prometheus multiprocess mode: one directory shared by the workers, emptied when the master starts.
-_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(tempfile.gettempdir()) / f"wav2lip-metrics-{os.getpid()}")))
+# An empty value counts as unset: Path("") is the current folder, which on_starting would empty.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tempfile.gettempdir()) / f"wav2lip-metrics-{os.getpid()}")
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def on_starting(server):

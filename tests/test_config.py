@@ -146,3 +146,11 @@ def test_gunicorn_conf_reads_settings_and_stops_on_a_bad_variable(env: pytest.Mo
     with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert stopped.value.code == "configuration error: BATCH_SIZE must be an integer, got 'abc'"
+
+
+def test_gunicorn_conf_never_takes_an_empty_metrics_folder_for_the_current_one(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR= (empty) once made on_starting empty the folder gunicorn was started from."""
+    env.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    env.chdir(tmp_path)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert conf["_metrics_dir"].is_absolute() and conf["_metrics_dir"] != tmp_path
