@@ -52,12 +52,13 @@ def version() -> str:
 def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `app`'s routes."""
     paths: dict[str, dict[str, Any]] = {}
+    ids = {r.endpoint: operation_id(r, m) for r in app.url_map.iter_rules() for m in (r.methods or set()) - AUTOMATIC}  # links' targets
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         op = OPERATIONS.get(rule.endpoint)
         if op is None:
             raise LookupError(f"route {rule.rule} (endpoint {rule.endpoint!r}) is not documented: add it to openapi/operations.py")
         for method in sorted((rule.methods or set()) - AUTOMATIC):
-            paths.setdefault(path_of(rule), {})[method.lower()] = operation(rule, method, op, app.view_functions[rule.endpoint])
+            paths.setdefault(path_of(rule), {})[method.lower()] = operation(rule, method, op, app.view_functions[rule.endpoint], ids)
     return {
         "openapi": "3.1.0",
         "info": {"title": TITLE, "version": version(), "summary": SUMMARY, "description": ERRORS},
@@ -83,13 +84,19 @@ def keyed(rule: Rule) -> bool:
     return api_route(rule.rule, blueprint) and rule.endpoint not in OPEN_WITH_ID
 
 
-def operation(rule: Rule, method: str, op: Op, view: Any) -> dict[str, Any]:
+def operation_id(rule: Rule, method: str) -> str:
+    """`post_api_generate`, `get_api_avatars_avatar_id_media`: unique, from the method and the rule."""
+    return re.sub(r"\W+", "_", f"{method} {rule.rule}".lower()).strip("_")
+
+
+def operation(rule: Rule, method: str, op: Op, view: Any, ids: dict[str, str]) -> dict[str, Any]:
     """One operation object: the view's docstring as its description, parameters, body, answers, security."""
+    links = {ids[k.endpoint]: {"operationId": ids[k.endpoint], "parameters": {k.parameter: f"$response.body#/{k.field}"}} for k in op.links}
     out: dict[str, Any] = {
-        "tags": [op.tag], "summary": op.summary, "operationId": re.sub(r"\W+", "_", f"{method} {rule.rule}".lower()).strip("_"),
+        "tags": [op.tag], "summary": op.summary, "operationId": operation_id(rule, method),
         "description": inspect.getdoc(view) or op.summary,
         "parameters": [{"name": n, "in": "path", "required": True, "schema": PATH_PARAMETERS[n]} for n in sorted(rule.arguments)],
-        "responses": responses(op, keyed(rule)),
+        "responses": responses(op, keyed(rule), links),
         "security": [{"bearer": []}, {}] if keyed(rule) else [],
     }  # fmt: skip
     if op.body is not None:
@@ -100,9 +107,12 @@ def operation(rule: Rule, method: str, op: Op, view: Any) -> dict[str, Any]:
     return out
 
 
-def responses(op: Op, keyed: bool) -> dict[str, Response]:
-    """The route's answers, then its errors by status: codes, what they mean, the settings behind them."""
+def responses(op: Op, keyed: bool, links: dict[str, Any]) -> dict[str, Response]:
+    """The route's answers (JSON ones with their links), then its errors by status: codes, meaning, the settings behind them."""
     out = {str(status): with_request_id(answer) for status, answer in op.ok.items()}
+    for answer in out.values():
+        if links and "application/json" in answer.get("content", {}):
+            answer["links"] = links
     sources: tuple[Source, ...] = (*op.errors, *((Unauthorized,) if keyed else ()), LipSyncError)
     for status, (codes, kinds) in by_status(sources).items():
         if str(status) in out:

@@ -98,6 +98,8 @@ def operation(path: str, method: str, op: Doc) -> list[str]:
     if "requestBody" in op:
         content = op["requestBody"]["content"]
         out += ["Body: " + " or ".join(f"`{t}` {type_text(c['schema'])}" for t, c in content.items())]
+    links = {name: link for answer in op["responses"].values() for name, link in answer.get("links", {}).items()}
+    out += [f"Then: `{name}` with `{p}` = `{e}`" for name, link in links.items() for p, e in link["parameters"].items()]
     return [*out, "", *responses_table(op["responses"]), ""]
 
 

@@ -74,6 +74,20 @@ class Op:
     ok: dict[int, Response]
     errors: tuple[Source, ...] = ()
     body: str | None = None  # a component of schemas.bodies()
+    links: tuple[Link, ...] = ()  # what a client (or Schemathesis's stateful phase) does next with a JSON answer
+
+
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link: the route of `endpoint` takes its path parameter `parameter` from this answer's `field`."""
+
+    endpoint: str
+    parameter: str
+    field: str
+
+
+def links_to(parameter: str, field: str, *endpoints: str) -> tuple[Link, ...]:
+    return tuple(Link(e, parameter, field) for e in endpoints)
 
 
 def generated() -> dict[int, Response]:
@@ -84,6 +98,8 @@ def generated() -> dict[int, Response]:
 
 
 AVATAR_ERRORS = (*READY, *STORE, AvatarNotFound, NotFound)
+TO_AVATAR = links_to("avatar_id", "avatar_id", "get_avatar", "avatar_media", "avatar_idle", "delete_avatar")
+TO_JOB = links_to("job_id", "id", "jobs.status", "jobs.video", "jobs.cancel")
 JOB_ERRORS = (*STORE, JobNotFound, NotFound)
 
 OPERATIONS: dict[str, Op] = {
@@ -104,6 +120,7 @@ OPERATIONS: dict[str, Op] = {
         {200: json_answer("already registered (same bytes and options)", "Avatar"), 201: json_answer("registered", "Avatar")},
         (*BODY, *READY, *STORE, *RENDER),
         "Avatar",
+        TO_AVATAR,
     ),
     "list_avatars": Op("Registered avatars", "avatars", {200: json_answer("the records", "AvatarList")}, (*READY, *STORE)),
     "get_avatar": Op("A registered avatar (by id or name)", "avatars", {200: json_answer("its record", "Avatar")}, AVATAR_ERRORS),
@@ -123,6 +140,7 @@ OPERATIONS: dict[str, Op] = {
         {202: json_answer("queued; `Location` is its status_url", "Job")},
         (*BODY, *READY, *STORE, AvatarNotFound, UrlRefused, Busy),
         "Job",
+        TO_JOB,
     ),
     "jobs.status": Op("A job's state", "jobs", {200: json_answer("the job", "Job")}, JOB_ERRORS),
     "jobs.video": Op(
@@ -144,6 +162,7 @@ OPERATIONS: dict[str, Op] = {
         {200: json_answer("cached", "Cached")},
         (*BODY, *READY, *STORE, *RENDER),
         "CacheAvatar",
+        links_to("avatar_id", "avatar_id", "get_avatar"),  # a name: the routes by id only do not take it
     ),
     "compat.animation_with_cache": Op(
         "Drop-in: a cached avatar and speech → an MP4",
@@ -158,6 +177,7 @@ OPERATIONS: dict[str, Op] = {
         {201: json_answer("the talk, to poll", "Talk")},
         (*BODY, *READY, *STORE, UrlRefused, Busy),
         "GenerateVideo",
+        (*links_to("talk_id", "id", "compat.talk_status"), *TO_JOB),  # a talk id is a job id
     ),
     "compat.talk_status": Op("Drop-in (D-ID style): a talk's state", "drop-in", {200: json_answer("the talk", "Talk")}, JOB_ERRORS),
 }

@@ -9,9 +9,11 @@ const audio = await readFile("test_assets/speech.wav");
 const { mp4, meta } = await generate({ url, image, audio, paste: "feather" });
 await writeFile("out.mp4", mp4);
 
-// streamed: the same arguments (and a signal to stop it); the fragmented MP4 as it comes
+// streamed: the same arguments (and a signal to stop it); the fragmented MP4 as it comes, to a file, a MediaSource, a socket
 const { info, body } = await generateStream({ url, image, audio });
-for await (const chunk of body) console.log(`${info.frames} frames: ${chunk.length} bytes more`); // to a file, a MediaSource, a socket
+let streamed = 0;
+for await (const chunk of body) streamed += chunk.length;
+console.log(`streamed ${info.frames} frames, ${streamed} bytes`);
 
 // a video avatar registered once, then used by id; the next clip starts where the last one ended
 const avatar = await registerAvatar({ url, video: await readFile("idle.mp4"), multipart: true });
