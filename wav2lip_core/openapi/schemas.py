@@ -177,68 +177,33 @@ def bodies() -> dict[str, Body]:
 # ---------------------------------------------------------------- answers
 
 TIME = {"type": "string", "format": "date-time"}
-MAYBE_TIME = nullable(TIME)
+URI = {"type": "string", "format": "uri"}
+PROGRESS = {"type": "number", "minimum": 0, "maximum": 1}
+JOB_TIMES = {"created_at": TIME, "started_at": nullable(TIME), "completed_at": nullable(TIME)}
 JOB_ERROR = nullable(obj({"code": STRING, "message": STRING}))
+GENERATED = {
+    "video": {"type": "string", "contentEncoding": "base64", "contentMediaType": "video/mp4"}, "mime_type": {"const": "video/mp4"},
+    "duration_s": NUMBER, "fps": NUMBER, "frames": INT, "width": INT, "height": INT,
+    "face_box": BOX | {"description": "the first output frame's face box"},
+    "end_frame": INT | {"description": "loop position after the last frame: the next clip's start_frame"},
+    "timings_ms": {"type": "object", "additionalProperties": NUMBER, "description": "milliseconds per stage"}, "request_id": STRING,
+}  # fmt: skip
+AVATAR = {
+    "avatar_id": STRING, "kind": {"enum": ["image", "video"]}, "width": INT, "height": INT, "frames": INT, "fps": NUMBER,
+    "duration_s": nullable(NUMBER), "face_boxes": {"type": "array", "items": BOX}, "face_source": STRING, "created_at": TIME,
+}  # fmt: skip
 
 
 def answers() -> dict[str, Schema]:
     """Every JSON answer's schema, by component name."""
-    job_times = {"created_at": TIME, "started_at": MAYBE_TIME, "completed_at": MAYBE_TIME, "error": JOB_ERROR}
-    progress = {"type": "number", "minimum": 0, "maximum": 1}
+    job = {"id": STRING, "status": {"enum": list(STATUSES)}, "progress": PROGRESS, **JOB_TIMES, "error": JOB_ERROR, "attempts": INT}
+    talk = {"id": STRING, "progress": PROGRESS, **JOB_TIMES, "error": JOB_ERROR, "status": {"enum": sorted(set(TALK_STATUS.values()))}}
     return {
-        "GenerateAnswer": obj(
-            {
-                "video": {"type": "string", "contentEncoding": "base64", "contentMediaType": "video/mp4"},
-                "mime_type": {"const": "video/mp4"},
-                "duration_s": NUMBER,
-                "fps": NUMBER,
-                "frames": INT,
-                "width": INT,
-                "height": INT,
-                "face_box": BOX | {"description": "the first output frame's face box"},
-                "end_frame": INT | {"description": "loop position after the last frame: the next clip's start_frame"},
-                "timings_ms": {"type": "object", "additionalProperties": NUMBER, "description": "milliseconds per stage"},
-                "request_id": STRING,
-            }
-        ),
-        "Avatar": obj(
-            {
-                "avatar_id": STRING,
-                "kind": {"enum": ["image", "video"]},
-                "width": INT,
-                "height": INT,
-                "frames": INT,
-                "fps": NUMBER,
-                "duration_s": nullable(NUMBER),
-                "face_boxes": {"type": "array", "items": BOX},
-                "face_source": STRING,
-                "created_at": TIME,
-            },
-            doc="a registered avatar's record",
-        ),
+        "GenerateAnswer": obj(GENERATED),
+        "Avatar": obj(AVATAR, doc="a registered avatar's record"),
         "AvatarList": obj({"avatars": {"type": "array", "items": ref("Avatar"), "description": "most recently used first"}}),
-        "Job": obj(
-            {
-                "id": STRING,
-                "status": {"enum": list(STATUSES)},
-                "progress": progress,
-                **job_times,
-                "attempts": INT,
-                "status_url": {"type": "string", "format": "uri"},
-                "result_url": {"type": "string", "format": "uri"},
-            },
-            doc="an async job",
-        ),
-        "Talk": obj(
-            {
-                "id": STRING,
-                "progress": progress,
-                **job_times,
-                "status": {"enum": sorted(set(TALK_STATUS.values()))},
-                "result_url": nullable({"type": "string", "format": "uri"}),
-            },
-            doc="a job in D-ID's shape",
-        ),
+        "Job": obj(job | {"status_url": URI, "result_url": URI}, doc="an async job"),
+        "Talk": obj(talk | {"result_url": nullable(URI)}, doc="a job in D-ID's shape"),
         "Cached": obj({"status": {"const": "cached"}, "avatar_id": STRING}),
         "Alive": obj({"status": {"const": "alive"}, "pid": INT}),
         "Health": health(),
