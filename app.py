@@ -15,7 +15,7 @@ import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from wav2lip_core import compat, job_routes, metrics
+from wav2lip_core import compat, job_routes, metrics, openapi
 from wav2lip_core.avatar import media_type
 from wav2lip_core.backend import open_jobs
 from wav2lip_core.config import Settings
@@ -120,7 +120,7 @@ def _json_answer(result: Result) -> Response:
 def create_app(settings: Settings | None = None) -> Flask:
     """The WSGI app; models are loaded by `app.extensions['models'].start_loading()`."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # an API: no /static/ route (every route is in /openapi.json)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # 413 before the body is read
     app.json.sort_keys = False
     gate = Gate(settings.max_concurrent, settings.max_queue, settings.queue_timeout_s)
@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/api/avatars/<avatar_id>/idle.mp4", view_func=avatar_idle, methods=["GET"])
     app.register_blueprint(job_routes.routes)
     app.register_blueprint(compat.routes)  # drop-in routes of the services existing clients were written for
+    app.register_blueprint(openapi.routes)  # GET /openapi.json: every route above, described
     return app
 
 

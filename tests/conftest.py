@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,8 @@ from harness.redis import RedisServer
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
+NODE_PROJECT = Path(__file__).parent / "node"  # what the Node tests install: package.json + package-lock.json
+NPM_TIMEOUT_S = 300  # a clean install (~35 packages) takes seconds; a dead registry must not hang CI
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -120,6 +123,27 @@ def chromium() -> str:
     if not os.access(exe, os.X_OK):
         pytest.fail("'chromium' is not installed; the browser tests need it (Debian: apt-get install chromium; .ci/run does this)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def node_packages() -> Path:
+    """tests/node/node_modules, installed from its lockfile (`npm ci`) unless every locked package is there already:
+    axios and form-data (the drop-in client), TypeScript and Node's types, the Node client as a package. Required."""
+    modules, lock = NODE_PROJECT / "node_modules", json.loads((NODE_PROJECT / "package-lock.json").read_text())
+    installed = modules / ".package-lock.json"  # npm writes it last: a finished install, and what it installed
+    if installed.is_file() and set(lock["packages"]) - {""} <= set(json.loads(installed.read_text())["packages"]):
+        return modules
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("'npm' is not installed; the Node tests need it (Debian: apt-get install npm; .ci/run does this)")
+    cmd = [npm, "ci", "--prefix", str(NODE_PROJECT), "--no-audit", "--no-fund"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(cmd)} took longer than {NPM_TIMEOUT_S} s:\n{e.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return modules
 
 
 @pytest.fixture(scope="session")

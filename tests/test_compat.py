@@ -29,8 +29,6 @@ from helpers import Decoded, assert_error, b64, decode_mp4, encode_audio, idle_c
 from harness.gunicorn import Gunicorn, free_port
 from wav2lip_core.store import ALIAS_SUFFIX, ALIASES, AvatarStore
 
-NODE_PROJECT = Path(__file__).parent / "node"
-NPM_TIMEOUT_S = 300  # a clean install of axios + form-data (30 packages) takes seconds; a dead registry must not hang CI
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 BROWSER_BUDGET_MS = 30_000  # virtual ms the page may run after loading (timers only: network waits do not count)
@@ -220,18 +218,9 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def node_client() -> list[str]:
-    """`node tests/node/drop_in_client.mjs`, its packages installed from the lockfile first on a clean clone."""
-    node, npm = _tool("node"), _tool("npm")
-    if not (NODE_PROJECT / "node_modules" / ".package-lock.json").is_file():  # npm writes it last: a finished install
-        cmd = [npm, "ci", "--prefix", str(NODE_PROJECT), "--no-audit", "--no-fund"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"{' '.join(cmd)} took longer than {NPM_TIMEOUT_S} s:\n{e.stderr}")
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return [node, str(NODE_PROJECT / "drop_in_client.mjs")]
+def node_client(node_packages: Path) -> list[str]:
+    """`node tests/node/drop_in_client.mjs`, with axios and form-data installed from the lockfile (conftest)."""
+    return [_tool("node"), str(node_packages.parent / "drop_in_client.mjs")]
 
 
 class Page:

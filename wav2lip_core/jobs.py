@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .schema import Options
 STATUSES = ("queued", "running", "done", "error", "cancelled")
 FINAL = ("done", "error", "cancelled")
 REQUEST_PART = "request"  # the request's fields as JSON; the media are parts of their own
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job makes: uuid4().hex
 
 
 @dataclass
@@ -125,6 +127,6 @@ def from_parts(parts: dict[str, bytes]) -> GenerateRequest:
 
 def job_id_checked(job_id: str) -> str:
     """Ids are what `new_job` makes (32 hex digits); anything else is refused before it reaches a store."""
-    if len(job_id) != 32 or not all(c in "0123456789abcdef" for c in job_id):
+    if not JOB_ID.fullmatch(job_id):
         raise JobNotFound(f"no job with id {job_id[:80]!r} (job ids are 32 hex digits)")
     return job_id

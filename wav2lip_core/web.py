@@ -54,7 +54,12 @@ def install_hooks(app: Flask, settings: Settings) -> None:
 
 def is_api() -> bool:
     """Behind the API key and counted in the metrics: /api/ and the drop-in routes; not probes, metrics or unknown paths."""
-    return request.path.startswith("/api/") or request.blueprint == DROP_IN
+    return api_route(request.path, request.blueprint)
+
+
+def api_route(path: str, blueprint: str | None) -> bool:
+    """`is_api` for a route given by its path (or rule) and blueprint: what the OpenAPI document marks as keyed."""
+    return path.startswith("/api/") or blueprint == DROP_IN
 
 
 def log_fields(**fields: object) -> None:
@@ -161,7 +166,12 @@ def http_error(max_request_bytes: int, e: HTTPException) -> Response:
         usable = [m for m in e.valid_methods if m not in ("HEAD", "OPTIONS")]
         message = f"{request.method} is not allowed on {request.path}: use {', '.join(usable)}"
     headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
-    return error_response(e.code or 500, (e.name or "http_error").lower().replace(" ", "_"), message, headers)
+    return error_response(e.code or 500, http_code(e), message, headers)
+
+
+def http_code(e: HTTPException) -> str:
+    """The stable code of a Werkzeug error: its name in snake case (404 `not_found`, 405 `method_not_allowed`)."""
+    return (e.name or "http_error").lower().replace(" ", "_")
 
 
 def unexpected_error(e: Exception) -> Response:

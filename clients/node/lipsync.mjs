@@ -88,7 +88,7 @@ async function errorFrom(resp) {
 }
 
 // The request options: the name here → the server's field, the same in JSON and multipart bodies.
-const OPTION_FIELDS = { fps: "fps", box: "box", pads: "pads", paste: "paste", loop: "loop", startFrame: "start_frame" };
+export const OPTION_FIELDS = { fps: "fps", box: "box", pads: "pads", paste: "paste", loop: "loop", startFrame: "start_frame" };
 
 function endpoint(url, path) {
   return new URL(path, String(url).replace(/\/*$/, "/")).href; // keeps a path prefix (a proxy's /lipsync/)
