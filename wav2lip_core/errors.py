@@ -67,6 +67,13 @@ class NotReady(LipSyncError):
     status, code = 503, "not_ready"
 
 
+class MemoryBusy(LipSyncError):
+    """Running work holds this worker's memory budget (WORKER_MEMORY_MB); raised with a `retry_after`. A request
+    that could never fit is a `LimitExceeded` with code `exceeds_memory_budget` instead."""
+
+    status, code = 503, "memory_budget"
+
+
 class DeadlineExceeded(LipSyncError):
     status, code = 504, "deadline_exceeded"
 
