@@ -6,7 +6,8 @@ the page cache of mapped frame files (frames.py), which every worker shares and 
 So before a request decodes anything, its footprint is estimated from header facts (frame size,
 frames, audio length) and compared with what is left of the budget: `503 memory_budget` with
 `Retry-After` when running work holds the memory now, `422 exceeds_memory_budget` when this
-request could never fit (the message says what to change). The estimate is a sum of measured parts
+request could never fit (the message says what to change). A job waits instead, as it waits for the
+cores, until the memory is free, it is cancelled, or its deadline passes. The estimate is a sum of measured parts
 (`make bench-memory`, bench/results/memory.json); the budget's default is a share of the machine's
 (or the container's) memory per worker (config.py).
 
@@ -21,6 +22,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +33,17 @@ from .errors import LimitExceeded, MemoryBusy
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-# Measured (bench/memory.py, in process: private memory's growth over the worker's idle size, then fitted):
-RENDER_FIXED = 40 * MB  # a render's own: the encoders' state, the mel windows, Python and numpy bookkeeping
-FRAME_BUFFERS = 6.0  # frame-sized (w × h × 3) buffers held at once: the pasted copy, I420, x264's pictures
-DECODER_BUFFERS = 8.0  # frame-sized buffers of an open H.264 decoder (reference frames, threads)
-AUDIO_COPIES = 4  # float32 copies of the decoded audio: samples, the AAC track's planar copy, resampling
-MP4_BYTES_PER_PIXEL = 0.06  # a whole answer's MP4 per pixel-frame (x264 CRF 23 without lookahead: noise mouths)
-MP4_COPIES = 4  # the MP4 in a whole answer: read from its file, base64, the JSON body, the response
-TRIM_ABOVE = 64 * MB  # after work this large, malloc_trim(0)
+# Each part measured in process on this machine, a render's peak private memory over the idle worker's (then rounded up):
+RENDER_FIXED = 16 * MB  # a render's own besides frames: the encoders' state, mel windows, bookkeeping (measured 3–5 MB)
+FRAME_BUFFERS = 12.0  # frame-sized (w × h × 3) buffers a render holds: the pasted copy, I420, x264's pictures (measured 11)
+DECODER_BUFFERS = 8.0  # frame-sized buffers per open video decoder: its reference frames, BGR conversion (measured 7–7.7)
+AUDIO_COPIES = 3  # float32 copies of the decoded audio: the samples, the AAC track's planar copy, resampling (measured 2.5)
+MP4_BYTES_PER_PIXEL = 0.02  # a whole answer's MP4 per pixel and frame (measured 0.005 at 1080p, 0.011 at 512²: noise mouths)
+MP4_COPIES = 4  # the whole MP4: read from its file, base64, the JSON body, the response
+CLIP_GENERATOR = 80 * MB  # a worker's first video avatar compiles the whole generator network (measured ~70 MB)
+TRIM_ABOVE = 32 * MB  # after work this large, malloc_trim(0): 1–2.5 ms, returns the 10–45 MB a render leaves in glibc's arenas
 RETRY_SMOOTHING = 0.2  # weight of the newest hold time in the Retry-After estimate
+WAIT_S = 0.1  # a job waiting for memory tries again at least this often (and whenever work ends)
 
 BUDGET = Gauge("lipsync_memory_budget_bytes", "Worker memory budget (WORKER_MEMORY_MB)", multiprocess_mode="liveall")
 PRIVATE = Gauge("lipsync_memory_private_bytes", "Worker private memory (RssAnon)", multiprocess_mode="liveall")
@@ -71,19 +75,22 @@ class Work:
     height: int
     frames: int = 0  # frames made (output)
     audio_values: int = 0  # decoded audio samples × channels
-    decoders: int = 0  # video decoders open at once (a clip decoded to frame files: 1; a streamed dub: 2)
+    decoders: int = 0  # video decoders open while it renders (a dub: 2) or, with `renders` False, while it registers (1)
     whole: bool = False  # the MP4 kept until its end (an answer, a job, an idle loop), not streamed
+    renders: bool = True  # False: a registration (decoding and detection only)
+    compiles: bool = False  # the worker's first video avatar: the whole generator is compiled on the way
 
     def bytes(self) -> int:
         """The estimated private memory this work adds to a worker at its peak."""
         frame = self.width * self.height * 3
+        buffers = FRAME_BUFFERS * self.renders + DECODER_BUFFERS * self.decoders
         mp4 = self.frames * self.width * self.height * MP4_BYTES_PER_PIXEL * MP4_COPIES if self.whole else 0
-        total = RENDER_FIXED + frame * (FRAME_BUFFERS + DECODER_BUFFERS * self.decoders) + self.audio_values * 4 * AUDIO_COPIES + mp4
-        return int(total)
+        audio = self.audio_values * 4 * AUDIO_COPIES
+        return int(RENDER_FIXED + frame * buffers + audio + mp4 + CLIP_GENERATOR * self.compiles)
 
     def hint(self) -> str:
         """What to change so that it needs less."""
-        parts = ["a shorter clip or audio"] if self.whole else []
+        parts = ["a shorter clip or audio"] if self.whole or self.audio_values else []
         return ", ".join([*parts, f"a lower resolution than {self.width}×{self.height} (or MAX_OUTPUT_SIDE)"])
 
 
@@ -96,29 +103,39 @@ class Budget:
         self._running = 0
         self._idle = private_bytes()  # private memory with no work running: the models, the caches
         self._recent_s = 5.0  # how long work holds its reservation, smoothed: the Retry-After
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         BUDGET.set(limit)
 
-    def reserve(self, work: Work, what: str) -> Reservation:
-        """Reserve `work`'s footprint, or raise the refusal that says why and what to change."""
+    def reserve(self, work: Work, what: str, wait: Callable[[], None] | None = None) -> Reservation:
+        """Reserve `work`'s footprint, or raise the refusal that says why and what to change. With `wait` (background
+        work: a job), work that fits once running work ends waits for it, calling `wait()` between tries (it raises to stop)."""
         need = work.bytes()
-        with self._lock:
-            now = private_bytes()
-            if not self._running:
-                self._idle = now
-            used = max(now, self._idle + self.reserved)
-            if self._idle + need > self.limit:
-                REFUSED.labels(code="exceeds_memory_budget").inc()
-                raise LimitExceeded(self._message(what, need, self._idle, work), code="exceeds_memory_budget")
-            if used + need > self.limit:
-                REFUSED.labels(code="memory_budget").inc()
-                after = max(1, math.ceil(self._recent_s))
-                message = f"{self._message(what, need, used, work)}; other work holds the rest: retry in {after} s"
-                raise MemoryBusy(message, retry_after=after)
-            self.reserved += need
-            self._running += 1
-            self._report(now)
-        return Reservation(self, need)
+        while True:
+            with self._cond:
+                refusal = self._refusal(need, what, work)
+                if refusal is None:
+                    self.reserved += need
+                    self._running += 1
+                    self.report()
+                    return Reservation(self, need)
+                if wait is None or isinstance(refusal, LimitExceeded):
+                    REFUSED.labels(code=refusal.code).inc()
+                    raise refusal
+                self._cond.wait(WAIT_S)
+            wait()
+
+    def _refusal(self, need: int, what: str, work: Work) -> LimitExceeded | MemoryBusy | None:
+        """None if `need` fits now; else why not (the lock is held)."""
+        now = private_bytes()
+        if not self._running:
+            self._idle = now
+        if self._idle + need > self.limit:
+            return LimitExceeded(self._message(what, need, self._idle, work), code="exceeds_memory_budget")
+        used = max(now, self._idle + self.reserved)
+        if used + need <= self.limit:
+            return None
+        after = max(1, math.ceil(self._recent_s))
+        return MemoryBusy(f"{self._message(what, need, used, work)}; other work holds the rest: retry in {after} s", retry_after=after)
 
     def _message(self, what: str, need: int, used: int, work: Work) -> str:
         return (f"{what} needs ~{need / MB:.0f} MB of memory; {max(0, self.limit - used) / MB:.0f} MB of this worker's "
@@ -126,16 +143,18 @@ class Budget:
                 "(WORKER_MEMORY_MB, fewer WEB_CONCURRENCY)")  # fmt: skip
 
     def release(self, need: int, held_s: float) -> None:
-        with self._lock:
+        with self._cond:
             self.reserved -= need
             self._running -= 1
             self._recent_s += RETRY_SMOOTHING * (held_s - self._recent_s)
             last = not self._running
+            self._cond.notify_all()  # waiting jobs try again
         if last and need >= TRIM_ABOVE:
             trim()
-        self._report()
+        self.report()
 
-    def _report(self, now: int | None = None) -> int:
+    def report(self, now: int | None = None) -> int:
+        """Private memory now (read, unless given), and the gauges set: for /metrics and /health."""
         now = private_bytes() if now is None else now
         PRIVATE.set(now)
         RESERVED.set(self.reserved)
@@ -143,7 +162,7 @@ class Budget:
 
     def describe(self) -> dict[str, float]:
         """For /health (the gauges are refreshed too): budget, private memory now and at idle, reserved, in MB."""
-        now = self._report()
+        now = self.report()
         return {"budget_mb": round(self.limit / MB), "private_mb": round(now / MB, 1), "idle_private_mb": round(self._idle / MB, 1),
                 "reserved_mb": round(self.reserved / MB, 1), "running": self._running}  # fmt: skip
 

@@ -136,7 +136,7 @@ class LipSync:
         (`Render.writer.take()` after each batch); `gone()` True (a streamed reply's client has left)
         stops the work with `ClientGone`; `pace` says when its frames are due (scheduler.py; default: a whole answer)."""
         clock = clock or Clock()
-        check = self._check(deadline, gone)
+        check = self.checker(deadline, gone)
         if isinstance(avatar, bytes):
             avatar = self.prepare(avatar, options, video, clock)
         sound = audio if isinstance(audio, A.Audio) else A.decode_audio(audio, self.settings.max_audio_seconds)
@@ -145,7 +145,7 @@ class LipSync:
         generator = self.generator if avatar.still else self.clip_generator()
         return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented, pace or Pace())
 
-    def _check(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
+    def checker(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
         """What the render loop and the generator call between steps: the deadline, and whether anyone still listens."""
 
         def check() -> None:

@@ -81,7 +81,7 @@ class Registry:
         except AvatarNotFound:
             pass
         video = V.is_video(media) if video is None else video
-        with self.budget.reserve(Work(*self._size(media, video), decoders=int(video)), "registering this avatar"):
+        with self.budget.reserve(Work(*self._size(media, video), decoders=int(video), renders=False), "registering this avatar"):
             if not video:
                 record = describe(self.head.lipsync.prepare(media, options, False), ident)
                 created = self.store.put(ident, media, record)
@@ -111,7 +111,9 @@ class Registry:
         """A request's clip, made batch by batch: fragmented for a streamed reply, whole for a job; decoding,
         detection and the audio are done before this returns. `gone()` True stops it (the client left, the job was cancelled);
         `pace` places its batches in the scheduler's line (a stream's or a job's). Its memory is held until it is closed."""
-        reservation = self.budget.reserve(self.work(req, whole=not fragmented), "this answer")
+        # a job waits for memory as it waits for the cores (until cancelled or past its deadline); a request is answered at once
+        wait = self.head.lipsync.checker(deadline, gone) if pace is not None and pace.kind == "job" else None
+        reservation = self.budget.reserve(self.work(req, whole=not fragmented), "this answer", wait)
         try:
             if req.avatar_id is not None:
                 avatar, clock = self._restore(req.avatar_id)
@@ -134,14 +136,16 @@ class Registry:
         sound = probe_audio(req.audio, self.head.settings.max_audio_seconds)
         if req.avatar_id is not None:
             record = self.store.get(self.store.resolve(req.avatar_id))
-            size, fps, decoders = (record["width"], record["height"]), record["fps"], 0  # frames mapped from their files
+            size, fps, video = (record["width"], record["height"]), record["fps"], record["kind"] == "video"
         else:
             media, video = _media(req)
             size = self._size(media, video)
             fps = V.video_header(media, self.head.settings.max_image_pixels)[0] if video else V.STILL_FPS
-            decoders = int(video) + (video and req.options.loop == "none")  # a dub decodes twice while it renders
-        frames_out = math.ceil(sound.seconds * req.options.fps_or(fps))
-        return Work(*size, frames_out, round(sound.seconds * sound.sample_rate * sound.channels), decoders, whole)
+        # a looped clip's frames are mapped (decoded before the render, never during); a dub decodes twice as it renders
+        decoders = 2 if req.avatar_id is None and video and req.options.loop == "none" else 0
+        compiles = video and not self.head.runtime.clip_generator_ready()
+        frames_out, values = math.ceil(sound.seconds * req.options.fps_or(fps)), round(sound.seconds * sound.sample_rate * sound.channels)
+        return Work(*size, frames_out, values, decoders, whole, compiles=compiles)
 
     def _size(self, media: bytes, video: bool) -> tuple[int, int]:
         """The rendered frame size of an upload, from its header."""
@@ -157,7 +161,7 @@ class Registry:
             return cached
         record = self.store.get(ident)
         period = max(1, 2 * record["frames"] - 2)
-        with self.budget.reserve(Work(record["width"], record["height"], period, decoders=1, whole=True), "the idle loop"):
+        with self.budget.reserve(Work(record["width"], record["height"], period, whole=True), "the idle loop"):
             avatar, _ = self._restore(ident)
             s = self.head.settings
             writer = Mp4Writer(avatar.width, avatar.height, avatar.fps, s.x264_preset, s.x264_crf, s.x264_params)
