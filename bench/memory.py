@@ -32,9 +32,10 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+from bench import noise
 from bench.client import generate
 from bench.dubbing import multipart
-from bench.run import AUDIO, IMAGE, machine, speech
+from bench.run import AUDIO, IMAGE, machine, speech, write_results
 from harness import ROOT
 from harness.clips import idle_clip
 from harness.gunicorn import Gunicorn
@@ -186,6 +187,7 @@ def living_1080p(srv: Gunicorn, clips: Clips) -> dict[str, Any]:
     with measured(srv, row):
         ident = register(srv.url, clips.hd10.read_bytes())
         row["answer"] = streamed(srv.url, {"avatar_id": ident, "audio": b64(speech(10.0))})
+    row["quiet_before_ttfb"] = noise.wait_quiet(120.0)  # first-byte times on a 2-core box shared with others: see bench.noise
     row["ttfb_registered_1080p"] = ttfb(srv.url, {"avatar_id": ident, "audio": b64(speech(6.4))})
     row["ttfb_photo_512"] = ttfb(srv.url, {"image": b64(IMAGE.read_bytes()), "audio": b64(speech(6.4)), "box": list(BOX_512)})
     return row
@@ -307,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             with Gunicorn(args.models, Path(tmp) / name / "gunicorn.log", cache_dir=cache, env=env | extra) as srv:
                 res["workloads"][name] = row = run(srv, clips)
             print(f"  {json.dumps(row, default=str)[:600]}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    write_results(res, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -5,6 +5,7 @@ built again where missing, removed with their avatar."""
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from helpers import b64, idle_clip, loaded_app, make_settings, speech_s, wav
 
 from wav2lip_core import frames
 from wav2lip_core.compose import face_input
+from wav2lip_core.errors import DiskFull
 from wav2lip_core.schema import Options
 
 CLIP_FRAMES = 12
@@ -133,3 +135,9 @@ def test_npy_appender_writes_the_count_last_and_a_short_file_is_refused(tmp_path
     with pytest.raises(ValueError, match="expected uint8"):
         frames.NpyAppender(tmp_path / "y.npy", (3, 5), np.uint8).append(np.zeros((3, 4), np.uint8))
     assert frames.open_mapped(tmp_path) is None  # no faces.npy
+
+
+def test_a_full_disk_is_a_typed_error_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(DiskFull) as full, frames.staged(tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert full.value.status == 507 and "AVATAR_STORE_MB" in full.value.message and not list(tmp_path.iterdir())

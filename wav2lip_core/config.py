@@ -139,7 +139,10 @@ class Settings:
     )
     # registered avatars (POST /api/avatars)
     avatar_dir: Path = setting(
-        Path("avatars"), "AVATAR_DIR", "registered avatars: shared by the workers of one machine, kept across restarts"
+        Path("avatars"),
+        "AVATAR_DIR",
+        "registered avatars: shared by the workers of one machine, kept across restarts (with `REDIS_URL`: this machine's "
+        "cache of their frame files)",
     )
     # A video avatar's frame files (frames.py) are its decoded frames: 10 s of 1080p are 1.6 GB, of 720p 0.75 GB. 16 GiB keep
     # ten 1080p or twenty 720p ones; a smaller disk evicts sooner (an evicted avatar must be registered again).

@@ -104,6 +104,12 @@ class WeightsError(LipSyncError):
     code = "weights_unavailable"
 
 
+class DiskFull(LipSyncError):
+    """No disk space left for frame files (frames.py): AVATAR_STORE_MB is above what the disk has free."""
+
+    status, code = 507, "disk_full"
+
+
 class StoreUnavailable(LipSyncError):
     """The shared store (Redis) cannot be reached; raised with a `retry_after`: the server recovers when it is back."""
 

@@ -20,6 +20,7 @@ frames live exactly as long as its answer).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -34,6 +35,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from .compose import IMG_SIZE, face_input
+from .errors import DiskFull
 from .schema import Box
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,13 @@ def staged(root: Path | None = None) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=root))
     try:
         yield folder
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"no disk space left for frame files in {root}: free some, or set AVATAR_STORE_MB below the free space "
+                "(registered avatars are evicted beyond it)"
+            ) from e
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # gone already when it was renamed into place whole
 

@@ -61,15 +61,13 @@ class LipSync:
         list(self.generator.run(np.zeros((1, 80, 16), np.float32), np.zeros((6, 96, 96), np.float32)))
         self.finder.detector.detect(np.zeros((64, 64, 3), np.uint8))
 
-    def prepare(
-        self, media: bytes, options: Options, video: bool | None = None, clock: Clock | None = None, scratch: Path | None = None
-    ) -> V.Avatar:
+    def prepare(self, media: bytes, options: Options, video: bool | None = None, clock: Clock | None = None) -> V.Avatar:
         """Decode an image or clip and find its face box(es): the part of a request that a reused avatar skips.
 
-        A looped clip is decoded frame by frame into frame files in `scratch` (default: the system's
-        temporary folder), mapped, and unlinked at once: its frames are page cache, never this
-        process's heap, and go when the Avatar does. A video played straight through (`loop: none`,
-        dubbing) is streamed: any length up to MAX_VIDEO_SECONDS."""
+        A looped clip is decoded frame by frame into frame files in the temporary folder (TMPDIR), mapped,
+        and unlinked at once: its frames are page cache, never this process's heap, and go when the Avatar
+        does. A video played straight through (`loop: none`, dubbing) is streamed: any length up to
+        MAX_VIDEO_SECONDS."""
         clock = clock or Clock()
         s = self.settings
         if not (video if video is not None else V.is_video(media)):
@@ -79,7 +77,7 @@ class LipSync:
         elif options.loop == "none":
             avatar = streamed(media, options, self.finder, s.max_image_pixels, s.max_video_seconds, s.max_output_side)
         else:
-            with frames.staged(scratch) as folder:
+            with frames.staged() as folder:
                 avatar = self.build(media, options, folder)
         clock.lap("detect")  # a clip's decoding and detection interleave
         return avatar

@@ -81,7 +81,7 @@ class Registry:
         except AvatarNotFound:
             pass
         video = V.is_video(media) if video is None else video
-        with self.budget.reserve(Work(*self._size(media, video), decoders=int(video), renders=False), "registering this avatar"):
+        with self.budget.reserve(Work(*self._header(media, video)[0], decoders=int(video), renders=False), "registering this avatar"):
             if not video:
                 record = describe(self.head.lipsync.prepare(media, options, False), ident)
                 created = self.store.put(ident, media, record)
@@ -139,19 +139,18 @@ class Registry:
             size, fps, video = (record["width"], record["height"]), record["fps"], record["kind"] == "video"
         else:
             media, video = _media(req)
-            size = self._size(media, video)
-            fps = V.video_header(media, self.head.settings.max_image_pixels)[0] if video else V.STILL_FPS
+            size, fps = self._header(media, video)
         # a looped clip's frames are mapped (decoded before the render, never during); a dub decodes twice as it renders
         decoders = 2 if req.avatar_id is None and video and req.options.loop == "none" else 0
         compiles = video and not self.head.runtime.clip_generator_ready()
         frames_out, values = math.ceil(sound.seconds * req.options.fps_or(fps)), round(sound.seconds * sound.sample_rate * sound.channels)
         return Work(*size, frames_out, values, decoders, whole, compiles=compiles)
 
-    def _size(self, media: bytes, video: bool) -> tuple[int, int]:
-        """The rendered frame size of an upload, from its header."""
+    def _header(self, media: bytes, video: bool) -> tuple[tuple[int, int], float]:
+        """An upload's rendered frame size and its frame rate, from its header."""
         s = self.head.settings
-        width, height = V.video_header(media, s.max_image_pixels)[1] if video else image_size(media, s.max_image_pixels)
-        return output_size(width, height, s.max_output_side)
+        fps, (width, height) = V.video_header(media, s.max_image_pixels) if video else (V.STILL_FPS, image_size(media, s.max_image_pixels))
+        return output_size(width, height, s.max_output_side), fps
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page
