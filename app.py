@@ -43,6 +43,9 @@ def health() -> tuple[Response, int]:
 
 
 def prometheus() -> Response:
+    models: Models = current_app.extensions["models"]
+    if models.registry is not None:
+        models.registry.budget.report()  # this worker's private memory now (the others' as of their last work)
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
 

@@ -5,7 +5,7 @@
 Starts the default server (one worker, as each pod runs it) with an empty compile cache and times it to
 /health 200 (cold: compile and fill the cache, a new pod), then once more on the filled cache (warm: a
 restarted container). On the warm server: 512² requests (6.4 s of speech), 1280×720 requests, and a
-10 s 1280×720 video avatar (MAX_AVATAR_SECONDS, held in memory: the largest request by default). For each,
+10 s 1280×720 video avatar (MAX_AVATAR_SECONDS; make bench-memory has its memory in detail). For each,
 the wall time, the worker's CPU seconds (cores used = CPU / wall) and its resident set after; the peak
 (VmHWM) at the end. Writes bench/results/sizing.json.
 """

@@ -9,7 +9,6 @@ converter, the servers): the pytest process peaks ~1.3 GB instead of 3.2 GB.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -27,9 +26,9 @@ from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
 from harness.page import PAGE_ORIGIN
 from harness.redis import RedisServer
+from wav2lip_core.memory import trim
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
-_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; absent elsewhere
 NODE_PROJECT = Path(__file__).parent / "node"  # what the Node tests install: package.json + package-lock.json
 NPM_TIMEOUT_S = 300  # a clean install (~35 packages) takes seconds; a dead registry must not hang CI
 
@@ -42,8 +41,7 @@ def _return_freed_memory() -> Iterator[None]:
     to module: measured over `make test`, 1.5 GB at the peak without, 1.3 GB with."""
     yield
     gc.collect()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    trim()
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,7 @@ def test_a_name_cached_on_one_replica_animates_on_the_other(cluster: Cluster) ->
     avatar_id = json.loads(http("GET", f"{other.url}/api/avatars/anna.v1")[2])["avatar_id"]
     status, _, idle = http("GET", f"{one.url}/api/avatars/{avatar_id}/idle.mp4")  # made once, kept with the avatar in Redis
     assert status == 200 and http("GET", f"{other.url}/api/avatars/{avatar_id}/idle.mp4")[2] == idle
-    assert RedisAvatarStore(connect(cluster.redis.url), max_bytes=0).extra(avatar_id, IDLE_FILE) == idle
+    assert RedisAvatarStore(connect(cluster.redis.url), 0, cluster.redis.data_dir / "frames").extra(avatar_id, IDLE_FILE) == idle
 
 
 def test_twenty_jobs_through_nginx_spread_over_the_replicas_each_done_once(cluster: Cluster) -> None:

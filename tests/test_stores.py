@@ -36,7 +36,7 @@ def prefix() -> str:
 def avatars(request: pytest.FixtureRequest, tmp_path: Path) -> Avatars:
     if request.param == "local":
         return AvatarStore(tmp_path / "avatars", max_bytes=3000)
-    return RedisAvatarStore(connect(request.getfixturevalue("redis_server").url), max_bytes=3000, prefix=prefix())
+    return RedisAvatarStore(connect(request.getfixturevalue("redis_server").url), 3000, tmp_path / "frames", prefix=prefix())
 
 
 @pytest.fixture(params=BACKENDS)
@@ -174,7 +174,7 @@ def test_fail_cancel_delete_and_the_queue_bound(jobs: JobStore) -> None:
 
 def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
-        store, jobs = RedisAvatarStore(connect(server.url), 10_000), RedisJobs(connect(server.url), LEASE_S, 60)
+        store, jobs = RedisAvatarStore(connect(server.url), 10_000, tmp_path / "frames"), RedisJobs(connect(server.url), LEASE_S, 60)
         store.put("abc1", b"x", {"avatar_id": "abc1"})
         job_id = submitted(jobs)
         server.stop()
@@ -190,7 +190,7 @@ def test_redis_down_is_a_typed_503_and_up_again_without_a_new_client(tmp_path: P
 
 def test_redis_killed_or_restarted_loses_no_avatar_and_the_same_client_carries_on(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
-        store = RedisAvatarStore(connect(server.url), 10_000)
+        store = RedisAvatarStore(connect(server.url), 10_000, tmp_path / "frames")
         store.put("abc1", b"x", {"avatar_id": "abc1"})
         store.alias("me", "abc1")
         server.kill()  # appendfsync always: acknowledged is on disk
@@ -207,11 +207,11 @@ def test_redis_stalled_is_a_typed_503_after_one_socket_timeout(tmp_path: Path) -
     """A Redis that accepts connections but answers nothing: one timeout, not retried, then 503 (not a hung request)."""
     timeout_s = 0.5
     with RedisServer(tmp_path / "redis") as server:
-        store = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000)
+        store = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000, tmp_path / "frames")
         store.put("abc1", b"x", {"avatar_id": "abc1"})
         with server.stalled():
             for fresh in (False, True):  # a pooled connection, and a new client's handshake
-                client = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000) if fresh else store
+                client = RedisAvatarStore(connect(server.url, timeout_s=timeout_s), 10_000, tmp_path / "frames") if fresh else store
                 t0 = time.monotonic()
                 with pytest.raises(StoreUnavailable) as down:
                     client.get("abc1")

@@ -9,6 +9,7 @@ against librosa.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from dataclasses import dataclass
@@ -58,6 +59,31 @@ def decode_audio(data: bytes, max_seconds: float) -> Audio:
     if audio is None:
         audio = _decode_pyav(data, max_seconds)
     return checked(audio, max_seconds)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an audio file's header says, before any sample is decoded."""
+
+    seconds: float
+    sample_rate: int
+    channels: int
+
+
+def probe_audio(data: bytes, max_seconds: float) -> Probe:
+    """Duration, rate and channels from the header (libsndfile's, else FFmpeg's); a header that does not tell
+    (or does not parse: decoding will say why) gives the most that decoding would take: `max_seconds` of 48 kHz stereo."""
+    with contextlib.suppress(sf.LibsndfileError, RuntimeError, TypeError, ValueError):  # not a libsndfile format: FFmpeg's turn
+        info = sf.info(io.BytesIO(data))
+        if info.frames > 0:
+            return Probe(min(info.frames / info.samplerate, max_seconds), int(info.samplerate), info.channels)
+    # unreadable: decode_audio's own error says why
+    with contextlib.suppress(av.FFmpegError, ValueError, IndexError), av.open(io.BytesIO(data), metadata_errors="ignore") as container:
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
+        if container.duration and rate:
+            return Probe(min(container.duration / av.time_base, max_seconds), int(rate), stream.channels or 2)
+    return Probe(max_seconds, 48000, 2)
 
 
 def checked(audio: Audio, max_seconds: float) -> Audio:

@@ -4,22 +4,26 @@ and then played by the render loop, which asks per output frame which source fra
 A still repeats its one frame. A clip loops (`repeat`: 0 1 2 0 1 2 …, as the original
 `inference.py`'s `i % len(frames)`; `pingpong`: 0 1 2 1 0 1 …, never a jump cut) or runs once with
 its last frame held (`none`). Clip boxes are detected per frame and smoothed over 5 frames as the
-original does for videos.
+original does for videos. A clip is decoded one frame at a time (`open_video`): its frames go to a
+frame file (frames.py) or, played straight through, to the render loop as they come (dubbing.py),
+never all into memory.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import av
 import numpy as np
 
-from .compose import face_input, fit_box, limit_side, round_to_even
+from .compose import face_input, fit_box, limit_side, round_to_even, scaled_size
 from .detect import NO_FACE_HINT, FaceFinder
 from .errors import LimitExceeded, NoFace, UnsupportedMedia
+from .frames import Mapped
 from .image import decode_image
 from .schema import Box, Options
 
@@ -28,13 +32,21 @@ SMOOTH_WINDOW = 5  # inference.py: get_smoothened_boxes(boxes, T=5)
 STILL_FPS = 25.0  # output rate of a still avatar unless the request gives one
 
 
+class Frames(Protocol):
+    """An avatar's frames, each (h, w, 3) BGR uint8: an (n, h, w, 3) array (a still's in memory, a looped clip's
+    mapped read-only from its frame file), or a streamed clip's, decoded as the render loop asks (dubbing.py)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, k: int, /) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Avatar:
     """Prepared avatar: even-sided BGR frames, a face box and a (6, 96, 96) generator input per frame."""
 
-    frames: tuple[np.ndarray, ...]
+    frames: Frames  # never written to: a mapped frame file is read-only (compose.Paster copies)
     boxes: tuple[Box, ...]
-    faces: np.ndarray  # (n, 6, 96, 96) float32
+    faces: np.ndarray  # (n, 6, 96, 96) float32, mapped from the frame file for a looped clip
     fps: float  # the clip's own rate; STILL_FPS for an image
     face_source: str  # "box" (given), "cache" (seen before) or "detector"
     kind: str  # "image" | "video"
@@ -88,31 +100,68 @@ def is_video(data: bytes) -> bool:
     return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
 
 
-def decode_video(data: bytes, max_pixels: int, max_seconds: float) -> tuple[list[np.ndarray], float]:
-    """All frames as BGR uint8 arrays, and the clip's frame rate; limits checked before and while decoding."""
+def open_video(data: bytes, max_pixels: int, max_seconds: float, limit: str) -> tuple[Iterator[np.ndarray], float, tuple[int, int]]:
+    """A clip's frames decoded one at a time (as sent: not yet fitted), its frame rate and size; the size is checked
+    now, the length (`max_seconds`, named by `limit` in the error) as the frames come."""
+    container, stream, fps = _opened(data, max_pixels)
+    most = max(1, math.ceil(max_seconds * fps))
+
+    def frames() -> Iterator[np.ndarray]:
+        with container:
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    if i >= most:
+                        raise LimitExceeded(f"video is longer than {max_seconds:g} s, {limit}", code="video_too_long")
+                    yield frame.to_ndarray(format="bgr24")
+            except av.FFmpegError as e:
+                raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
+
+    return frames(), fps, (stream.width, stream.height)
+
+
+def video_header(data: bytes, max_pixels: int) -> tuple[float, tuple[int, int]]:
+    """A clip's frame rate and size from its header, checked as `open_video` checks them; no frame decoded."""
+    container, stream, fps = _opened(data, max_pixels)
+    with container:
+        return fps, (stream.width, stream.height)
+
+
+def _opened(data: bytes, max_pixels: int) -> tuple[av.container.InputContainer, av.VideoStream, float]:
+    """The container (to be closed by the caller), its video stream, checked against the pixel limit, and its frame rate."""
     try:
-        with av.open(io.BytesIO(data)) as container:
-            if not container.streams.video:
-                raise UnsupportedMedia("the video has no video track", code="bad_video")
-            stream = container.streams.video[0]
-            if stream.width * stream.height > max_pixels:
-                raise LimitExceeded(f"video is {stream.width}×{stream.height}; the limit is {max_pixels} pixels", code="image_too_large")
-            fps = float(stream.average_rate or STILL_FPS)
-            limit = max(1, math.ceil(max_seconds * fps))
-            frames = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="bgr24"))
-                if len(frames) > limit:
-                    raise LimitExceeded(
-                        f"video is longer than {max_seconds:g} s, the limit for a looped video held in memory (MAX_AVATAR_SECONDS); "
-                        'send "loop": "none" to stream a long video straight through',
-                        code="video_too_long",
-                    )
+        container = av.open(io.BytesIO(data))
     except av.FFmpegError as e:
         raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
-    if not frames:
+    if not container.streams.video:
+        container.close()
+        raise UnsupportedMedia("the video has no video track", code="bad_video")
+    stream = container.streams.video[0]
+    if stream.width * stream.height > max_pixels:
+        container.close()
+        raise LimitExceeded(f"video is {stream.width}×{stream.height}; the limit is {max_pixels} pixels", code="image_too_large")
+    return container, stream, float(stream.average_rate or STILL_FPS)
+
+
+def fitted(frames: Iterable[np.ndarray], max_output_side: int) -> Iterator[np.ndarray]:
+    """Frames one at a time as the render loop shows them (fit_frame), and the video must have one."""
+    count = 0
+    for frame in frames:
+        count += 1
+        yield fit_frame(frame, max_output_side)[0]
+    if not count:
         raise UnsupportedMedia("the video has no frames", code="bad_video")
-    return frames, fps
+
+
+def clip_boxes(
+    frames: Iterable[np.ndarray], size: tuple[int, int], options: Options, finder: FaceFinder, max_output_side: int
+) -> tuple[list[Box], str]:
+    """A box per fitted frame of a clip sent at `size` (width, height): the request's box fitted to each, or detected,
+    tracked and smoothed as inference.py does; and where they came from ("box" or "detector")."""
+    options.check_box(*size)  # a box refers to the video as sent
+    if options.box is not None:  # used exactly, no pads, as inference.py's --box
+        scale = scaled_size(*size, max_output_side)[2]
+        return [fit_box(options.box, scale, f) for f in frames], "box"
+    return smooth_boxes(track(frames, options.pads, finder)), "detector"
 
 
 def smooth_boxes(boxes: list[Box], window: int = SMOOTH_WINDOW) -> list[Box]:
@@ -124,30 +173,32 @@ def smooth_boxes(boxes: list[Box], window: int = SMOOTH_WINDOW) -> list[Box]:
     return [tuple(int(v) for v in b) for b in arr]  # type: ignore[misc]
 
 
-def prepare(frames: list[np.ndarray], fps: float, kind: str, options: Options, finder: FaceFinder, max_output_side: int) -> Avatar:
-    """Scale and even the frames, find (or fit the given) face box of each, and build the generator's inputs."""
-    options.check_box(frames[0].shape[1], frames[0].shape[0])  # a box refers to the media as sent
-    out, scale = fit_frames(frames, max_output_side)
+def prepare(frame: np.ndarray, fps: float, options: Options, finder: FaceFinder, max_output_side: int) -> Avatar:
+    """A still: scale and even the image, find (or fit the given) face box, and build the generator's input."""
+    options.check_box(frame.shape[1], frame.shape[0])  # a box refers to the media as sent
+    out, scale = fit_frame(frame, max_output_side)
     if options.box is not None:  # used exactly, no pads, as inference.py's --box
-        boxes, source = [fit_box(options.box, scale, f) for f in out], "box"
-    elif len(out) == 1:
-        box, cached = finder.find(out[0], options.pads)
-        boxes, source = [box], "cache" if cached else "detector"
+        box, source = fit_box(options.box, scale, out), "box"
     else:
-        boxes, source = smooth_boxes(track(out, options.pads, finder)), "detector"
-    return restore(out, boxes, fps, source, kind)
+        box, cached = finder.find(out, options.pads)
+        source = "cache" if cached else "detector"
+    return image_avatar(out, box, fps, source)
 
 
-def fit_frames(frames: list[np.ndarray], max_output_side: int) -> tuple[list[np.ndarray], float]:
-    """Frames scaled to the output limit and cut to even sides (H.264 4:2:0), and the scale applied."""
-    scaled = [limit_side(f, max_output_side) for f in frames]
-    return [round_to_even(f) for f, _ in scaled], scaled[0][1]
+def fit_frame(frame: np.ndarray, max_output_side: int) -> tuple[np.ndarray, float]:
+    """A frame scaled to the output limit and cut to even sides (H.264 4:2:0), and the scale applied."""
+    scaled, scale = limit_side(frame, max_output_side)
+    return round_to_even(scaled), scale
 
 
-def restore(frames: list[np.ndarray], boxes: list[Box], fps: float, source: str, kind: str) -> Avatar:
-    """An Avatar from even-sided frames and their final boxes (a registered avatar: no detection)."""
-    faces = np.stack([face_input(f, b) for f, b in zip(frames, boxes, strict=True)])
-    return Avatar(tuple(frames), tuple(boxes), faces, fps, source, kind)
+def image_avatar(frame: np.ndarray, box: Box, fps: float, source: str) -> Avatar:
+    """An image avatar from its even-sided frame and final box (a registered one: no detection)."""
+    return Avatar(frame[None], (box,), face_input(frame, box)[None], fps, source, "image")
+
+
+def clip_avatar(mapped: Mapped, boxes: list[Box], fps: float, source: str) -> Avatar:
+    """A looped clip's Avatar over its mapped frame files (frames.py)."""
+    return Avatar(mapped.frames, tuple(boxes), mapped.faces, fps, source, "video")
 
 
 def track(frames: Iterable[np.ndarray], pads: Box, finder: FaceFinder) -> list[Box]:
@@ -164,9 +215,6 @@ def track(frames: Iterable[np.ndarray], pads: Box, finder: FaceFinder) -> list[B
     return [found[i] or found[min(known, key=lambda k: abs(k - i))] for i in range(len(found))]  # type: ignore[misc]
 
 
-def decode(data: bytes, max_pixels: int, max_seconds: float, video: bool | None = None) -> tuple[list[np.ndarray], float, str]:
-    """An image or a clip (`video=None`: decided by the bytes) → frames, frame rate, kind."""
-    if video if video is not None else is_video(data):
-        frames, fps = decode_video(data, max_pixels, max_seconds)
-        return frames, fps, "video"
-    return [decode_image(data, max_pixels)], STILL_FPS, "image"
+def decode_still(data: bytes, max_pixels: int, max_output_side: int) -> np.ndarray:
+    """An image avatar's one frame, as the render loop shows it (fit_frame)."""
+    return fit_frame(decode_image(data, max_pixels), max_output_side)[0]

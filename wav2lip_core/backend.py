@@ -19,7 +19,7 @@ def open_avatars(settings: Settings) -> Avatars:
     if settings.redis_url:
         from .redis_store import RedisAvatarStore, connect
 
-        return RedisAvatarStore(connect(settings.redis_url), budget)
+        return RedisAvatarStore(connect(settings.redis_url), budget, settings.avatar_dir)  # AVATAR_DIR: this machine's frame files
     return AvatarStore(settings.avatar_dir, budget)
 
 

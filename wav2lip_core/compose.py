@@ -19,14 +19,27 @@ def round_to_even(frame: np.ndarray) -> np.ndarray:
     return frame[: h - h % 2, : w - w % 2]
 
 
+def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int, float]:
+    """The size a width×height picture is downscaled to so its longer side is ≤ max_side (0: no limit), and the scale."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height, 1.0
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
+def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The rendered frame's size for a width×height input: scaled to MAX_OUTPUT_SIDE, then even-sided (round_to_even)."""
+    w, h, _ = scaled_size(width, height, max_side)
+    return w - w % 2, h - h % 2
+
+
 def limit_side(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Downscale so the longer side is ≤ max_side (0: no limit); returns the frame and its scale."""
     h, w = frame.shape[:2]
-    if not max_side or max(h, w) <= max_side:
+    sw, sh, scale = scaled_size(w, h, max_side)
+    if scale == 1.0:
         return frame, 1.0
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+    return cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA), scale
 
 
 def fit_box(box: Box, scale: float, frame: np.ndarray) -> Box:
@@ -67,8 +80,9 @@ class Paster:
     """Pastes mouths into one reusable frame buffer: only the box region ever changes."""
 
     def __init__(self, frame: np.ndarray, box: Box, mode: str = "box"):
-        """`mode` is an `Options.paste` value (checked there): "box" or "feather"."""
-        self.frame = frame.copy()
+        """`mode` is an `Options.paste` value (checked there): "box" or "feather". The frame is copied: it may be
+        a read-only view of a mapped frame file (frames.py), which is never written to."""
+        self.frame = np.array(frame, copy=True, subok=False)  # a plain array on the heap, even from a memmap
         self.box = box
         x1, y1, x2, y2 = box
         self.size = (x2 - x1, y2 - y1)

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 TRUE = ("1", "true", "yes", "on")
+# WORKER_MEMORY_MB's default share of the memory: the rest is the gunicorn master's (~60 MB), the page cache of the frame files
+# in use (shared by the workers and reclaimable, but charged to a container's limit) and room for the estimates' error.
+MEMORY_SHARE = 0.75
 FALSE = ("0", "false", "no", "off")
 
 # Free-form types: how a variable's text becomes the value, and what the table says they allow.
@@ -40,6 +43,17 @@ def setting(default: Any, var: str, doc: str, lo: float | None = None, hi: float
     return field(default=default, metadata={"env": Env(var, doc, lo, hi, choices)})
 
 
+def _memory_total() -> int:
+    """This machine's memory in bytes, or its cgroup's limit when lower (in a container)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):  # cgroup v2, v1
+        try:
+            return min(total, int(limit.read_text()))
+        except (FileNotFoundError, ValueError):  # no such cgroup file, or "max": no limit there
+            continue
+    return total
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -62,6 +76,15 @@ class Settings:
     )
     workers: int = setting(
         1, "WEB_CONCURRENCY", "gunicorn workers; each compiles its own models (~350 MB RSS when ready, ~460 MB after 512² requests)", 1, 64
+    )
+    worker_memory_mb: int = setting(
+        0,
+        "WORKER_MEMORY_MB",
+        "private memory (RssAnon) a worker plans its work in: work whose estimated footprint does not fit is refused before "
+        "it starts (`503 memory_budget` while other work holds it, `422 exceeds_memory_budget` if it never could); "
+        "0: 75 % of the memory (the cgroup's limit if lower) ÷ `WEB_CONCURRENCY`",
+        0,
+        10**7,
     )
     ov_threads: int = setting(0, "INFERENCE_NUM_THREADS", "OpenVINO threads per worker (CPU pinning is off); 0: cores ÷ workers", 0, 256)
     ov_streams: int = setting(1, "INFERENCE_NUM_STREAMS", "CPU plugin streams per worker; the threads are shared among them", 1, 64)
@@ -116,13 +139,27 @@ class Settings:
     )
     # registered avatars (POST /api/avatars)
     avatar_dir: Path = setting(
-        Path("avatars"), "AVATAR_DIR", "registered avatars: shared by the workers of one machine, kept across restarts"
+        Path("avatars"),
+        "AVATAR_DIR",
+        "registered avatars: shared by the workers of one machine, kept across restarts (with `REDIS_URL`: this machine's "
+        "cache of their frame files)",
     )
+    # A video avatar's frame files (frames.py) are its decoded frames: 10 s of 1080p are 1.6 GB, of 720p 0.75 GB. 16 GiB keep
+    # ten 1080p or twenty 720p ones; a smaller disk evicts sooner (an evicted avatar must be registered again).
     avatar_store_mb: int = setting(
-        1024, "AVATAR_STORE_MB", "disk for registered avatars; beyond it the least recently used are evicted", 1, 10**7
+        16384,
+        "AVATAR_STORE_MB",
+        "disk for registered avatars on this machine, their frame files counted (~0.75 GB per 10 s of 720p); beyond it the "
+        "least recently used are evicted. With `REDIS_URL`: the uploads in Redis, and each machine's cache of frame files",
+        1,
+        10**7,
     )
     max_avatar_seconds: float = setting(
-        10.0, "MAX_AVATAR_SECONDS", "length limit of a video avatar kept in memory and looped → `422 video_too_long`", 0.1, 600.0
+        10.0,
+        "MAX_AVATAR_SECONDS",
+        "length limit of a looped video avatar (its frames go to a file, mapped: ~75 MB of disk per second of 720p) → `422 video_too_long`",
+        0.1,
+        600.0,
     )
     max_video_seconds: float = setting(
         600.0, "MAX_VIDEO_SECONDS", "length limit of a video played straight through (`loop: none`, dubbing): streamed", 0.1, 7200.0
@@ -193,6 +230,10 @@ class Settings:
             if raw is not None:
                 values[f.name] = _parse(raw.strip(), kinds[f.name], spec)
         return cls(**values)
+
+    def worker_memory_bytes(self) -> int:
+        """This worker's memory budget: the setting, or MEMORY_SHARE of the machine's (container's) memory ÷ workers."""
+        return self.worker_memory_mb * 2**20 or int(MEMORY_SHARE * _memory_total() / self.workers)
 
     def threads(self) -> int:
         """OpenVINO inference threads for this process: the setting, or cores ÷ workers."""

@@ -10,47 +10,23 @@ the other the paste. Decoding twice costs ~4 ms a 1080p frame; holding the look-
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Iterator
 
-import av
 import numpy as np
 
-from .avatar import STILL_FPS, Avatar, fit_frames, smooth_boxes, track
-from .compose import face_input, fit_box
+from .avatar import Avatar, clip_boxes, fitted, open_video
+from .compose import face_input
 from .detect import FaceFinder
-from .errors import LimitExceeded, UnsupportedMedia
+from .errors import UnsupportedMedia
 from .schema import Box, Options
+
+LIMIT = "the limit for a video played straight through (MAX_VIDEO_SECONDS)"
 
 
 def _frames(data: bytes, max_pixels: int, max_seconds: float, max_output_side: int) -> tuple[Iterator[np.ndarray], float, tuple[int, int]]:
-    """Decoded, output-sized frames one at a time, and the video's frame rate; limits checked as they come."""
-    try:
-        container = av.open(io.BytesIO(data))
-    except av.FFmpegError as e:
-        raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
-    if not container.streams.video:
-        container.close()
-        raise UnsupportedMedia("the video has no video track", code="bad_video")
-    stream = container.streams.video[0]
-    if stream.width * stream.height > max_pixels:
-        container.close()
-        raise LimitExceeded(f"video is {stream.width}×{stream.height}; the limit is {max_pixels} pixels", code="image_too_large")
-    fps = float(stream.average_rate or STILL_FPS)
-    limit = max(1, math.ceil(max_seconds * fps))
-
-    def frames() -> Iterator[np.ndarray]:
-        with container:
-            try:
-                for i, frame in enumerate(container.decode(stream)):
-                    if i >= limit:
-                        raise LimitExceeded(f"video is longer than {max_seconds:g} s (MAX_VIDEO_SECONDS)", code="video_too_long")
-                    yield fit_frames([frame.to_ndarray(format="bgr24")], max_output_side)[0][0]
-            except av.FFmpegError as e:
-                raise UnsupportedMedia(f"could not decode the video: {e}", code="bad_video") from e
-
-    return frames(), fps, (stream.width, stream.height)
+    """Decoded, output-sized frames one at a time, the video's frame rate and size; limits checked as they come."""
+    frames, fps, size = open_video(data, max_pixels, max_seconds, LIMIT)
+    return fitted(frames, max_output_side), fps, size
 
 
 class _Cursor:
@@ -106,14 +82,7 @@ class LazyFaces:
 
 def streamed(data: bytes, options: Options, finder: FaceFinder, max_pixels: int, max_seconds: float, max_output_side: int) -> Avatar:
     """Pass one (boxes) now; pass two happens as the returned Avatar is rendered."""
-    frames, fps, (width, height) = _frames(data, max_pixels, max_seconds, max_output_side)
-    options.check_box(width, height)  # a box refers to the video as sent
-    if options.box is not None:
-        scale = max_output_side / max(width, height) if max_output_side and max(width, height) > max_output_side else 1.0
-        boxes, source = [fit_box(options.box, scale, f) for f in frames], "box"
-    else:
-        boxes, source = smooth_boxes(track(frames, options.pads, finder)), "detector"
-    if not boxes:
-        raise UnsupportedMedia("the video has no frames", code="bad_video")
+    frames, fps, size = _frames(data, max_pixels, max_seconds, max_output_side)
+    boxes, source = clip_boxes(frames, size, options, finder, max_output_side)
     cursor = lambda: _Cursor(_frames(data, max_pixels, max_seconds, max_output_side)[0], len(boxes))
     return Avatar(LazyFrames(cursor()), tuple(boxes), LazyFaces(cursor(), boxes), fps, source, "video")  # type: ignore[arg-type]

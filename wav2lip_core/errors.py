@@ -67,6 +67,13 @@ class NotReady(LipSyncError):
     status, code = 503, "not_ready"
 
 
+class MemoryBusy(LipSyncError):
+    """Running work holds this worker's memory budget (WORKER_MEMORY_MB); raised with a `retry_after`. A request
+    that could never fit is a `LimitExceeded` with code `exceeds_memory_budget` instead."""
+
+    status, code = 503, "memory_budget"
+
+
 class DeadlineExceeded(LipSyncError):
     status, code = 504, "deadline_exceeded"
 
@@ -96,6 +103,12 @@ class WeightsError(LipSyncError):
     source's reason: `download_failed`, `wrong_size`, `wrong_digest`)."""
 
     code = "weights_unavailable"
+
+
+class DiskFull(LipSyncError):
+    """No disk space left for frame files (frames.py): AVATAR_STORE_MB is above what the disk has free."""
+
+    status, code = 507, "disk_full"
 
 
 class StoreUnavailable(LipSyncError):

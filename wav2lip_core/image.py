@@ -26,6 +26,22 @@ _PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode an avatar to contiguous BGR uint8 (H, W, 3); typed errors for anything else."""
+    im = _opened(data, max_pixels)
+    try:
+        im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb8(im)
+    except _PILLOW_ERRORS as e:  # truncated or corrupt pixel data
+        raise UnsupportedMedia(f"image could not be decoded: {e}", code="bad_image") from e
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the header, checked as `decode_image` checks it; no pixel decoded."""
+    return _opened(data, max_pixels).size
+
+
+def _opened(data: bytes, max_pixels: int) -> Image.Image:
+    """The image with only its header read, its size checked against the limits."""
     if not data:
         raise BadRequest("image is empty", code="empty_image")
     try:
@@ -43,12 +59,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise LimitExceeded(f"image is {w}×{h} = {w * h} pixels; the limit is {max_pixels}", code="image_too_large")
     if min(w, h) < MIN_SIDE:
         raise LimitExceeded(f"image is {w}×{h}; both sides must be at least {MIN_SIDE} pixels", code="image_too_small")
-    try:
-        im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb8(im)
-    except _PILLOW_ERRORS as e:  # truncated or corrupt pixel data
-        raise UnsupportedMedia(f"image could not be decoded: {e}", code="bad_image") from e
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    return im
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:

@@ -16,6 +16,7 @@ from .backend import open_avatars
 from .config import Settings
 from .errors import ModelsMissing, NotReady
 from .jobs import JobStore
+from .memory import Budget
 from .registry import Registry
 from .runner import Runner
 from .runtime import WEIGHTS_HINT
@@ -49,7 +50,7 @@ class Models:
         try:
             head = TalkingHead.load(settings=self.settings)
             head.cost  # measured before ready: streams are admitted by it  # noqa: B018
-            self.registry = Registry(head, open_avatars(self.settings))
+            self.registry = Registry(head, open_avatars(self.settings), Budget(self.settings.worker_memory_bytes()))
             self.head = head  # last: a set `head` means ready
         except ModelsMissing as e:
             self.error = e.message
@@ -79,8 +80,8 @@ class Models:
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {"pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
-        if self.head is not None:
-            info |= self.head.info()
+        if self.head is not None and self.registry is not None:
+            info |= self.head.info() | {"memory": self.registry.budget.describe()}
             if info["generator_weights"] == "random":
                 info["warning"] = f"generator weights are RANDOM (--random-init): output is not lip-sync; {WEIGHTS_HINT}"
         return info

@@ -12,22 +12,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 
 from . import audio as A
 from . import avatar as V
+from . import frames
 from .compose import Paster
 from .config import Settings
 from .detect import FaceFinder
 from .dubbing import streamed
 from .errors import ClientGone, DeadlineExceeded
 from .generator import Generator
+from .image import decode_image
 from .scheduler import Pace
 from .schema import Options, Result
 from .video import Mp4Writer
 
 Progress = Callable[[int, int], None]  # (frames done, frames in total)
+LOOPED_LIMIT = 'the limit for a looped video (MAX_AVATAR_SECONDS); send "loop": "none" to stream a long video straight through'
 
 
 class Clock:
@@ -60,29 +64,53 @@ class LipSync:
     def prepare(self, media: bytes, options: Options, video: bool | None = None, clock: Clock | None = None) -> V.Avatar:
         """Decode an image or clip and find its face box(es): the part of a request that a reused avatar skips.
 
-        A video played straight through (`loop: none`, dubbing) is streamed: any length up to
-        MAX_VIDEO_SECONDS, never all its frames in memory."""
+        A looped clip is decoded frame by frame into frame files in the temporary folder (TMPDIR), mapped,
+        and unlinked at once: its frames are page cache, never this process's heap, and go when the Avatar
+        does. A video played straight through (`loop: none`, dubbing) is streamed: any length up to
+        MAX_VIDEO_SECONDS."""
         clock = clock or Clock()
         s = self.settings
-        if options.loop == "none" and (video if video is not None else V.is_video(media)):
+        if not (video if video is not None else V.is_video(media)):
+            frame = decode_image(media, s.max_image_pixels)
+            clock.lap("decode")
+            avatar = V.prepare(frame, options.fps_or(V.STILL_FPS), options, self.finder, s.max_output_side)
+        elif options.loop == "none":
             avatar = streamed(media, options, self.finder, s.max_image_pixels, s.max_video_seconds, s.max_output_side)
-            clock.lap("detect")  # decode and detection interleave in the first pass
-            return avatar
-        frames, fps, kind = V.decode(media, self.settings.max_image_pixels, self.settings.max_avatar_seconds, video)
-        fps = options.fps_or(fps) if kind == "image" else fps  # a registered image keeps its requested rate
-        clock.lap("decode")
-        avatar = V.prepare(frames, fps, kind, options, self.finder, self.settings.max_output_side)
-        clock.lap("detect")
+        else:
+            with frames.staged() as folder:
+                avatar = self.build(media, options, folder)
+        clock.lap("detect")  # a clip's decoding and detection interleave
         return avatar
 
-    def restore(self, media: bytes, kind: str, boxes: list[V.Box], fps: float, clock: Clock | None = None) -> V.Avatar:
-        """A registered avatar from its stored media and boxes: decoded again, never detected again."""
-        frames, _, _ = V.decode(media, self.settings.max_image_pixels, self.settings.max_avatar_seconds, kind == "video")
-        frames, _ = V.fit_frames(frames, self.settings.max_output_side)
-        avatar = V.restore(frames, boxes, fps, "registered", kind)
-        if clock is not None:
-            clock.lap("decode")
-        return avatar
+    def build(self, media: bytes, options: Options, folder: Path) -> V.Avatar:
+        """A looped clip decoded frame by frame into `folder`'s frame files, a face box found per frame, the face
+        inputs written; returned mapped from them (never all its frames in memory)."""
+        s = self.settings
+        raw, fps, size = V.open_video(media, s.max_image_pixels, s.max_avatar_seconds, LOOPED_LIMIT)
+        written = frames.teed(V.fitted(raw, s.max_output_side), folder)
+        boxes, source = V.clip_boxes(written, size, options, self.finder, s.max_output_side)
+        return self._mapped(folder, boxes, fps, source)
+
+    def rebuild(self, media: bytes, boxes: list[V.Box], fps: float, folder: Path) -> V.Avatar:
+        """A registered clip's frame files made again from its upload and stored boxes (no detection), mapped."""
+        s = self.settings
+        raw, _, _ = V.open_video(media, s.max_image_pixels, s.max_avatar_seconds, LOOPED_LIMIT)
+        for _ in frames.teed(V.fitted(raw, s.max_output_side), folder):
+            pass
+        return self._mapped(folder, boxes, fps, "registered")
+
+    @staticmethod
+    def _mapped(folder: Path, boxes: list[V.Box], fps: float, source: str) -> V.Avatar:
+        frames.write_faces(folder, boxes)
+        mapped = frames.open_mapped(folder)
+        if mapped is None:  # written just now by this process: unreadable means the disk failed
+            raise OSError(f"the frame files just written to {folder} cannot be read back")
+        return V.clip_avatar(mapped, boxes, fps, source)
+
+    def restore_image(self, media: bytes, box: V.Box, fps: float) -> V.Avatar:
+        """A registered image from its stored upload and box: decoded again (a few ms), never detected again."""
+        frame = V.decode_still(media, self.settings.max_image_pixels, self.settings.max_output_side)
+        return V.image_avatar(frame, box, fps, "registered")
 
     def start(
         self,
@@ -106,7 +134,7 @@ class LipSync:
         (`Render.writer.take()` after each batch); `gone()` True (a streamed reply's client has left)
         stops the work with `ClientGone`; `pace` says when its frames are due (scheduler.py; default: a whole answer)."""
         clock = clock or Clock()
-        check = self._check(deadline, gone)
+        check = self.checker(deadline, gone)
         if isinstance(avatar, bytes):
             avatar = self.prepare(avatar, options, video, clock)
         sound = audio if isinstance(audio, A.Audio) else A.decode_audio(audio, self.settings.max_audio_seconds)
@@ -115,7 +143,7 @@ class LipSync:
         generator = self.generator if avatar.still else self.clip_generator()
         return Render(generator, avatar, sound, options, self.settings, clock, check, progress, fragmented, pace or Pace())
 
-    def _check(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
+    def checker(self, deadline: float | None, gone: Callable[[], bool] | None) -> Callable[[], None]:
         """What the render loop and the generator call between steps: the deadline, and whether anyone still listens."""
 
         def check() -> None:
@@ -160,6 +188,7 @@ class Render:
         pace.fps = self.fps  # a stream's frames are due at this rate
         generator.scheduler.join(pace)
         self._open = True
+        self._on_close: list[Callable[[], None]] = []
 
     def batches(self) -> Iterator[int]:
         """The one render loop: per output frame, the avatar's source frame k gets the next mouth.
@@ -213,9 +242,15 @@ class Render:
         return Result(mp4, self.sound.duration_s, self.fps, self.frames, a.width, a.height, self.face_box, a.face_source,
                       self.clock.ms, self.end_frame)  # fmt: skip
 
+    def on_close(self, release: Callable[[], None]) -> None:
+        """Call `release` when the render is closed (what its request reserved: memory.Reservation)."""
+        self._on_close.append(release)
+
     def close(self) -> None:
-        """Release the encoder if the file was not finished (an error, a deadline, a client gone)."""
+        """Release the encoder if the file was not finished (an error, a deadline, a client gone), and what was reserved."""
         if self._open:
             self._open = False
             self.writer.abort()
         self.generator.scheduler.leave(self.pace)
+        while self._on_close:
+            self._on_close.pop()()

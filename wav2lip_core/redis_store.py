@@ -9,6 +9,12 @@ and the evictions it causes are one Lua script: of two replicas registering the 
 exactly one creates it, and two registering different ones never evict each other both. The scripts
 name the avatars they evict: a standalone Redis, not Redis Cluster.
 
+The frame files of video avatars (frames.py: decoded frames, GBs) stay out of Redis: each machine
+keeps its own in a local folder (`frames_root`, one folder per id), built on first use from the upload
+in Redis, least recently used removed beyond the same byte budget. An avatar deleted or evicted here
+loses its local files at once; other machines' copies go by their own LRU (they are never served:
+every use looks the avatar up in Redis first).
+
 A Redis that cannot be reached is `StoreUnavailable` (503, `Retry-After`), raised within the socket
 timeout; redis-py reconnects on the next call, so the server recovers when Redis is back.
 """
@@ -19,6 +25,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import redis
@@ -26,7 +33,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .errors import AvatarNotFound, StoreUnavailable
-from .store import check_alias, check_id, resolve_with
+from .frames import FRAMES
+from .store import Folders, check_alias, check_id, resolve_with
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +145,10 @@ _DELETE = "return remove(KEYS[1], ARGV[1]) and 1 or 0"
 class RedisAvatarStore:
     """Registered avatars in Redis, shared by every replica, least recently used evicted beyond `max_bytes`."""
 
-    def __init__(self, client: redis.Redis, max_bytes: int, prefix: str = "lipsync:"):
+    def __init__(self, client: redis.Redis, max_bytes: int, frames_root: Path, prefix: str = "lipsync:"):
         self.r, self.max_bytes, self.p = client, max_bytes, prefix
+        self.frames_root = frames_root
+        self._frames = Folders(frames_root, max_bytes, FRAMES)  # this machine's frame files, by id
         self.order, self.total = f"{prefix}avatars", f"{prefix}avatars:bytes"
         scripts = (client.register_script(_LIB + s) for s in (_PUT, _GET, _PUT_EXTRA, _DELETE))
         self._put, self._get, self._put_extra, self._delete = scripts
@@ -151,13 +161,37 @@ class RedisAvatarStore:
         return [self._key(avatar_id), self.order, self.total]
 
     @unavailable
-    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
-        """Store once; False if it was already there (same id: same content and options)."""
+    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any], frames: Path | None = None) -> bool:
+        """Store once; False if it was already there (same id: same content and options). `frames`: a staged
+        folder of its frame files, kept in this machine's cache."""
         args = [avatar_id, json.dumps(meta), media, self.max_bytes, f"{self.p}avatar:"]
         created, *evicted = self._put(keys=self._keys(avatar_id), args=args)
         for ident in evicted:
             log.info("avatar store over %d bytes: evicting %s (least recently used)", self.max_bytes, ident.decode())
+            self._frames.remove(self.frames_dir(ident.decode()))
+        if frames is not None:
+            self.add_frames(avatar_id, frames)
         return bool(created)
+
+    def frames_dir(self, avatar_id: str) -> Path:
+        """The avatar's folder in this machine's frame cache, marked used."""
+        folder = self.frames_root / check_id(avatar_id)
+        self._frames.touch(folder)
+        return folder
+
+    def add_frames(self, avatar_id: str, staged: Path) -> None:
+        """Keep frame files built in `staged` in this machine's cache: the whole folder renamed into place (a
+        worker that did so first keeps its own, identical), then the least recently used beyond the budget removed."""
+        folder = self.frames_root / check_id(avatar_id)
+        if folder.exists():  # found unreadable (so rebuilt), or another worker's identical copy: replaced either way
+            self._frames.remove(folder)
+        try:
+            staged.rename(folder)
+        except OSError:
+            if not (folder / FRAMES).is_file():  # not another worker's: a real failure
+                raise
+        self._frames.touch(folder)
+        self._frames.evict(keep=avatar_id)
 
     @unavailable
     def get(self, avatar_id: str) -> dict[str, Any]:
@@ -217,3 +251,4 @@ class RedisAvatarStore:
     def delete(self, avatar_id: str) -> None:
         if not self._delete(keys=self._keys(avatar_id), args=[avatar_id]):
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
+        self._frames.remove(self.frames_root / avatar_id)

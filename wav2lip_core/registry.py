@@ -1,8 +1,14 @@
 """Registered avatars: prepared once (decode, face boxes on every frame), stored, reused by id.
 
 The id is a digest of the uploaded bytes and the options that shape the boxes, so registering the
-same thing again finds the same avatar. A request with an `avatar_id` decodes the stored upload
-again but never runs the detector: its frames and boxes are exactly those of the inline request.
+same thing again finds the same avatar. A registered video keeps its decoded frames and face inputs
+as frame files (frames.py), written once and mapped by every request and worker: its answer starts
+without decoding, and never runs the detector; its frames and boxes are exactly those of the inline
+request. Frame files missing on this machine (an avatar registered before they existed, or on
+another replica) are built from the upload on first use.
+
+Every piece of work is admitted by this worker's memory budget (memory.py) first, on an estimate
+made from header facts: nothing is decoded for a request that is refused.
 """
 
 from __future__ import annotations
@@ -10,18 +16,28 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
+from . import avatar as V
+from . import frames
 from .api import TalkingHead
+from .audio import probe_audio
 from .avatar import Avatar
+from .compose import output_size
 from .errors import AvatarNotFound
+from .image import image_size
+from .memory import Budget, Work
 from .payload import GenerateRequest
 from .pipeline import Clock, Progress, Render
 from .scheduler import Pace
 from .schema import Options, Result
 from .store import Avatars
 from .video import Mp4Writer
+
+log = logging.getLogger(__name__)
 
 ID_BYTES = 12  # 24 hex digits
 IDLE_FILE = "idle.mp4"
@@ -48,32 +64,40 @@ def describe(avatar: Avatar, ident: str) -> dict[str, Any]:
 class Registry:
     """Register, look up and render registered avatars."""
 
-    def __init__(self, head: TalkingHead, store: Avatars):
+    def __init__(self, head: TalkingHead, store: Avatars, budget: Budget):
         self.head = head
         self.store = store
+        self.budget = budget
 
     def register(self, media: bytes, options: Options, video: bool | None = None) -> tuple[dict[str, Any], bool]:
         """Prepare and store; (record, True) when new, (the existing record, False) when already there.
 
         Only the options that shape the boxes count (pads, box; fps for an image): a registered video is
-        looped from memory, so it is held to MAX_AVATAR_SECONDS whatever `loop` the request named."""
+        looped, so it is held to MAX_AVATAR_SECONDS whatever `loop` the request named."""
         options = Options(fps=options.fps, pads=options.pads, box=options.box)
         ident = avatar_id(media, options)
         try:
             return self.store.get(ident), False
         except AvatarNotFound:
             pass
-        avatar = self.head.lipsync.prepare(media, options, video)
-        record = describe(avatar, ident)
-        created = self.store.put(ident, media, record)
+        video = V.is_video(media) if video is None else video
+        with self.budget.reserve(Work(*self._header(media, video)[0], decoders=int(video), renders=False), "registering this avatar"):
+            if not video:
+                record = describe(self.head.lipsync.prepare(media, options, False), ident)
+                created = self.store.put(ident, media, record)
+            else:  # decoded frame by frame into frame files, kept with it
+                with frames.staged(self.store.frames_root) as folder:
+                    record = describe(self.head.lipsync.build(media, options, folder), ident)
+                    created = self.store.put(ident, media, record, frames=folder)
         return (record if created else self.store.get(ident)), created
 
     def generate(self, req: GenerateRequest, deadline: float | None = None) -> Result:
         """A request's avatar is a registered id, a one-shot video, or an image (never told by the bytes alone)."""
-        if req.avatar_id is not None:
-            return self.render(req.avatar_id, req.audio, req.options, deadline)
-        media, video = _media(req)
-        return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)
+        with self.budget.reserve(self.work(req, whole=True), "this answer"):
+            if req.avatar_id is not None:
+                return self.render(req.avatar_id, req.audio, req.options, deadline)
+            media, video = _media(req)
+            return self.head.render(req.audio, media, req.options, deadline=deadline, video=video)
 
     def start(
         self,
@@ -86,16 +110,47 @@ class Registry:
     ) -> Render:
         """A request's clip, made batch by batch: fragmented for a streamed reply, whole for a job; decoding,
         detection and the audio are done before this returns. `gone()` True stops it (the client left, the job was cancelled);
-        `pace` places its batches in the scheduler's line (a stream's or a job's)."""
+        `pace` places its batches in the scheduler's line (a stream's or a job's). Its memory is held until it is closed."""
+        # a job waits for memory as it waits for the cores (until cancelled or past its deadline); a request is answered at once
+        wait = self.head.lipsync.checker(deadline, gone) if pace is not None and pace.kind == "job" else None
+        reservation = self.budget.reserve(self.work(req, whole=not fragmented), "this answer", wait)
+        try:
+            if req.avatar_id is not None:
+                avatar, clock = self._restore(req.avatar_id)
+                render = self.head.lipsync.start(
+                    avatar, req.audio, req.options, deadline, progress, clock=clock, fragmented=fragmented, gone=gone, pace=pace
+                )
+            else:
+                media, video = _media(req)
+                render = self.head.lipsync.start(
+                    media, req.audio, req.options, deadline, progress, video, fragmented=fragmented, gone=gone, pace=pace
+                )
+        except BaseException:
+            reservation.release()
+            raise
+        render.on_close(reservation.release)
+        return render
+
+    def work(self, req: GenerateRequest, whole: bool) -> Work:
+        """What a request will hold, from header facts (the avatar's size and rate, the audio's length): nothing decoded."""
+        sound = probe_audio(req.audio, self.head.settings.max_audio_seconds)
         if req.avatar_id is not None:
-            avatar, clock = self._restore(req.avatar_id)
-            return self.head.lipsync.start(
-                avatar, req.audio, req.options, deadline, progress, clock=clock, fragmented=fragmented, gone=gone, pace=pace
-            )
-        media, video = _media(req)
-        return self.head.lipsync.start(
-            media, req.audio, req.options, deadline, progress, video, fragmented=fragmented, gone=gone, pace=pace
-        )
+            record = self.store.get(self.store.resolve(req.avatar_id))
+            size, fps, video = (record["width"], record["height"]), record["fps"], record["kind"] == "video"
+        else:
+            media, video = _media(req)
+            size, fps = self._header(media, video)
+        # a looped clip's frames are mapped (decoded before the render, never during); a dub decodes twice as it renders
+        decoders = 2 if req.avatar_id is None and video and req.options.loop == "none" else 0
+        compiles = video and not self.head.runtime.clip_generator_ready()
+        frames_out, values = math.ceil(sound.seconds * req.options.fps_or(fps)), round(sound.seconds * sound.sample_rate * sound.channels)
+        return Work(*size, frames_out, values, decoders, whole, compiles=compiles)
+
+    def _header(self, media: bytes, video: bool) -> tuple[tuple[int, int], float]:
+        """An upload's rendered frame size and its frame rate, from its header."""
+        s = self.head.settings
+        fps, (width, height) = V.video_header(media, s.max_image_pixels) if video else (V.STILL_FPS, image_size(media, s.max_image_pixels))
+        return output_size(width, height, s.max_output_side), fps
 
     def idle(self, ident: str) -> bytes:
         """The avatar's idle loop as an MP4 without sound: one period of the ping-pong sequence, so a page
@@ -104,33 +159,49 @@ class Registry:
         if cached is not None:
             return cached
         record = self.store.get(ident)
-        boxes = [tuple(b) for b in record["face_boxes"]]
-        avatar = self.head.lipsync.restore(self.store.media(ident), record["kind"], boxes, record["fps"])  # type: ignore[arg-type]
-        s = self.head.settings
-        writer = Mp4Writer(avatar.width, avatar.height, avatar.fps, s.x264_preset, s.x264_crf, s.x264_params)
-        try:
-            for k in avatar.sequence(avatar.period("pingpong"), "pingpong"):
-                writer.write(avatar.frames[int(k)])
-            data = writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
+        period = max(1, 2 * record["frames"] - 2)
+        with self.budget.reserve(Work(record["width"], record["height"], period, whole=True), "the idle loop"):
+            avatar, _ = self._restore(ident)
+            s = self.head.settings
+            writer = Mp4Writer(avatar.width, avatar.height, avatar.fps, s.x264_preset, s.x264_crf, s.x264_params)
+            try:
+                for k in avatar.sequence(avatar.period("pingpong"), "pingpong"):
+                    writer.write(avatar.frames[int(k)])
+                data = writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
         self.store.put_extra(ident, IDLE_FILE, data)
         return data
 
     def render(self, ident: str, audio: bytes, options: Options, deadline: float | None = None) -> Result:
-        """Lip-sync a registered avatar (by id or alias): the stored upload decoded again, its stored boxes, no detection."""
+        """Lip-sync a registered avatar (by id or alias): its mapped frame files (an image: decoded again), its stored boxes."""
         avatar, clock = self._restore(ident)
         return self.head.lipsync.start(avatar, audio, options, deadline, clock=clock).complete()
 
     def _restore(self, ident: str) -> tuple[Avatar, Clock]:
-        """A registered avatar, ready to render, and the clock that timed its decoding."""
+        """A registered avatar, ready to render, and the clock that timed its restoring ("decode")."""
         ident = self.store.resolve(ident)  # once: the record and the media are then of the same avatar
         record = self.store.get(ident)
         clock = Clock()
         boxes = [tuple(b) for b in record["face_boxes"]]
-        avatar = self.head.lipsync.restore(self.store.media(ident), record["kind"], boxes, record["fps"], clock)  # type: ignore[arg-type]
+        if record["kind"] == "video":
+            avatar = self._clip(ident, record, boxes)  # type: ignore[arg-type]
+        else:
+            avatar = self.head.lipsync.restore_image(self.store.media(ident), boxes[0], record["fps"])  # type: ignore[arg-type]
+        clock.lap("decode")
         return avatar, clock
+
+    def _clip(self, ident: str, record: dict[str, Any], boxes: list[V.Box]) -> Avatar:
+        """A registered video: its frame files mapped; built from the upload first when this machine has none."""
+        mapped = frames.open_mapped(self.store.frames_dir(ident), (record["frames"], record["height"], record["width"]))
+        if mapped is not None:
+            return V.clip_avatar(mapped, boxes, record["fps"], "registered")
+        log.info("avatar %s has no frame files here: building them from its upload", ident)
+        with frames.staged(self.store.frames_root) as folder:
+            avatar = self.head.lipsync.rebuild(self.store.media(ident), boxes, record["fps"], folder)
+            self.store.add_frames(ident, folder)
+        return avatar
 
 
 def _media(req: GenerateRequest) -> tuple[bytes, bool]:

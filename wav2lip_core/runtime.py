@@ -188,6 +188,10 @@ class Runtime:
         with self._lock:
             return self._whole
 
+    def clip_generator_ready(self) -> bool:
+        """Whether clip_generator() was compiled already (its first use takes ~70 MB more: memory.CLIP_GENERATOR)."""
+        return "_whole" in vars(self)
+
     def detector(self) -> Detector:
         """The manifest's detector, compiled f32."""
         name = self.manifest.detector

@@ -1,10 +1,12 @@
 """Registered avatars on disk, shared by every gunicorn worker of one machine (`AVATAR_DIR`).
 
-One folder per avatar: `media` (the upload, as sent) and `meta.json` (kind, size, fps, per-frame
-face boxes, options). A registration is written into a private temporary folder and renamed into
-place: `rename(2)` of a folder is atomic, so readers never see half an avatar, and when two workers
-register the same avatar at once exactly one rename wins and the other finds it there. Reading an
-avatar touches its `meta.json`, so eviction (over `max_bytes`) removes the least recently used.
+One folder per avatar: `media` (the upload, as sent), `meta.json` (kind, size, fps, per-frame
+face boxes, options) and, for a video, its frame files (frames.py: the decoded frames and face
+inputs, mapped by every worker). A registration is written into a private temporary folder and
+renamed into place: `rename(2)` of a folder is atomic, so readers never see half an avatar, and when
+two workers register the same avatar at once exactly one rename wins and the other finds it there.
+Reading an avatar touches its `meta.json`, so eviction (over `max_bytes`, frame files counted)
+removes the least recently used, frame files and all.
 
 The interface is small on purpose (`Avatars`): redis_store.RedisAvatarStore stands in for this one
 when several machines share avatars (`REDIS_URL`).
@@ -26,22 +28,33 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import AvatarNotFound, BadRequest
+from .frames import STAGE_PREFIX, install, sweep
 
 log = logging.getLogger(__name__)
 
 MEDIA, META = "media", "meta.json"
 ALIASES, ALIAS_SUFFIX = "aliases", ".id"
+NEW, DELETED = ".new-", ".del-"  # a registration being written, a folder being removed
 NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")  # what may name an avatar: its id (hex) or an alias; never "." or ".."
 
 
 class Avatars(Protocol):
     """Registered avatars: by id (a hex digest) or by an alias name; what the registry and the routes use."""
 
-    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
-        """Store once; False if it was already there (same id: same content and options)."""
+    frames_root: Path  # this machine's folder where frame files are kept and built (staged: renames stay atomic)
+
+    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any], frames: Path | None = None) -> bool:
+        """Store once; False if it was already there (same id: same content and options). `frames`: a staged
+        folder of the avatar's frame files (frames.py), kept with it on this machine."""
 
     def get(self, avatar_id: str) -> dict[str, Any]:
         """The metadata (by id or alias), marking it used; AvatarNotFound if unknown or evicted."""
+
+    def frames_dir(self, avatar_id: str) -> Path:
+        """The folder of the avatar's frame files on this machine (they may not be there: built on first use)."""
+
+    def add_frames(self, avatar_id: str, staged: Path) -> None:
+        """Keep frame files built in `staged` for a registered avatar, counted in the budget."""
 
     def media(self, avatar_id: str) -> bytes: ...
     def extra(self, avatar_id: str, name: str) -> bytes | None: ...
@@ -72,29 +85,76 @@ def resolve_with(name: str, registered: Callable[[str], bool], alias_target: Cal
     return alias_target(name) or name
 
 
+class Folders:
+    """Folders under `root`, one per item and marked by its `marker` file, whose mtime is the item's last use; beyond
+    `max_bytes` the least recently used are removed. Shared by the workers of a machine: a removal is a rename."""
+
+    def __init__(self, root: Path, max_bytes: int, marker: str):
+        self.root, self.max_bytes, self.marker = root, max_bytes, marker
+        self._lock = threading.Lock()  # eviction within this process; other workers' renames are atomic
+
+    def items(self) -> list[Path]:
+        """Every complete item's folder; folders still being written or removed (dot-named) are not items."""
+        return [p.parent for p in self.root.glob(f"*/{self.marker}") if not p.parent.name.startswith(".")]
+
+    def touch(self, folder: Path) -> None:
+        now = time.time_ns()  # explicit: the file system's own clock is coarse (several ms)
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile, or not built yet
+            os.utime(folder / self.marker, ns=(now, now))
+
+    def remove(self, folder: Path) -> None:
+        """Rename away first (atomic: readers see it gone at once), then delete the files."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        trash = Path(tempfile.mkdtemp(prefix=DELETED, dir=self.root))
+        with contextlib.suppress(FileNotFoundError):  # someone else removed it
+            os.rename(folder, trash / "x")
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def evict(self, keep: str) -> list[str]:
+        """Remove the least recently used items (never `keep`) until the rest fit in `max_bytes`; their names."""
+        evicted = []
+        with self._lock:
+            sweep(self.root, (STAGE_PREFIX, NEW, DELETED))  # what a worker killed while writing left behind
+            folders = sorted(self.items(), key=lambda f: _mtime(f / self.marker))
+            sizes = {f: _size(f) for f in folders}
+            total = sum(sizes.values())
+            for folder in folders:
+                if total <= self.max_bytes:
+                    break
+                if folder.name != keep:
+                    log.info("%s over %d bytes: evicting %s (least recently used)", self.root, self.max_bytes, folder.name)
+                    self.remove(folder)
+                    evicted.append(folder.name)
+                    total -= sizes[folder]
+        return evicted
+
+
 class AvatarStore:
     """A directory of registered avatars with least-recently-used eviction beyond `max_bytes`."""
 
     def __init__(self, root: Path, max_bytes: int):
-        self.root = root
+        self.root = self.frames_root = root
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()  # eviction within this process; other workers' renames are atomic
+        self._folders = Folders(root, max_bytes, META)
 
     def _dir(self, avatar_id: str) -> Path:
         return self.root / check_id(avatar_id)
 
-    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any]) -> bool:
-        """Store once; False if it was already there (same id: same content and options)."""
+    def put(self, avatar_id: str, media: bytes, meta: dict[str, Any], frames: Path | None = None) -> bool:
+        """Store once; False if it was already there (same id: same content and options). `frames`: a staged
+        folder of its frame files, moved in with it."""
         final = self._dir(avatar_id)
         if (final / META).is_file():
-            self._touch(final)
+            self._folders.touch(final)
             return False
         self.root.mkdir(parents=True, exist_ok=True)  # on first use: a server that never registers leaves nothing
-        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=NEW, dir=self.root))
         try:
             (tmp / MEDIA).write_bytes(media)
             (tmp / META).write_text(json.dumps(meta))
-            self._touch(tmp)
+            if frames is not None:
+                install(frames, tmp)
+            self._folders.touch(tmp)
             os.rename(tmp, final)
         except OSError:
             if (final / META).is_file():  # another worker won the race: theirs is identical
@@ -102,8 +162,25 @@ class AvatarStore:
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
-        self._evict(keep=avatar_id)
+        self._folders.evict(keep=avatar_id)
         return True
+
+    def frames_dir(self, avatar_id: str) -> Path:
+        """The avatar's own folder: its frame files are counted and evicted with it."""
+        return self._dir(avatar_id)
+
+    def add_frames(self, avatar_id: str, staged: Path) -> None:
+        """Frame files built on first use (an avatar registered before they existed) moved into its folder; counted."""
+        folder = self._dir(avatar_id)
+        if not (folder / META).is_file():
+            raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
+        try:
+            install(staged, folder)
+        except FileNotFoundError as e:
+            if folder.is_dir():
+                raise
+            raise AvatarNotFound(f"avatar {avatar_id!r} was evicted while its frame files were built") from e
+        self._folders.evict(keep=avatar_id)
 
     def get(self, avatar_id: str) -> dict[str, Any]:
         """The avatar's metadata (by id or alias); AvatarNotFound if unknown (or evicted)."""
@@ -112,7 +189,7 @@ class AvatarStore:
             meta = json.loads((folder / META).read_text())
         except FileNotFoundError as e:
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}: register it with POST /api/avatars") from e
-        self._touch(folder)
+        self._folders.touch(folder)
         return meta
 
     def media(self, avatar_id: str) -> bytes:
@@ -156,48 +233,18 @@ class AvatarStore:
     def list(self) -> list[dict[str, Any]]:
         """Every avatar's metadata, most recently used first."""
         metas = []
-        for meta in sorted(self._metas(), key=_mtime, reverse=True):
+        for meta in sorted((f / META for f in self._folders.items()), key=_mtime, reverse=True):
             try:
                 metas.append(json.loads(meta.read_text()))
             except FileNotFoundError:  # deleted or evicted while we listed
                 continue
         return metas
 
-    def _metas(self) -> list[Path]:
-        """Every registered avatar's meta.json; registrations still being written (".new-*") are not avatars yet."""
-        return [p for p in self.root.glob(f"*/{META}") if not p.parent.name.startswith(".")]
-
     def delete(self, avatar_id: str) -> None:
         folder = self._dir(avatar_id)
         if not (folder / META).is_file():
             raise AvatarNotFound(f"no avatar with id {avatar_id!r}")
-        self._remove(folder)
-
-    def _remove(self, folder: Path) -> None:
-        """Rename away first (atomic: readers see it gone at once), then delete the files."""
-        trash = Path(tempfile.mkdtemp(prefix=".del-", dir=self.root))
-        with contextlib.suppress(FileNotFoundError):  # someone else removed it
-            os.rename(folder, trash / "x")
-        shutil.rmtree(trash, ignore_errors=True)
-
-    @staticmethod
-    def _touch(folder: Path) -> None:
-        now = time.time_ns()  # explicit: the file system's own clock is coarse (several ms)
-        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
-            os.utime(folder / META, ns=(now, now))
-
-    def _evict(self, keep: str) -> None:
-        with self._lock:
-            folders = sorted((p.parent for p in self._metas()), key=lambda f: _mtime(f / META))
-            sizes = {f: _size(f) for f in folders}
-            total = sum(sizes.values())
-            for folder in folders:
-                if total <= self.max_bytes:
-                    break
-                if folder.name != keep:
-                    log.info("avatar store over %d bytes: evicting %s (least recently used)", self.max_bytes, folder.name)
-                    self._remove(folder)
-                    total -= sizes[folder]
+        self._folders.remove(folder)
 
 
 def _replace(path: Path, data: bytes) -> None:
