@@ -58,6 +58,8 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin app
  && mkdir -p "${OV_CACHE_DIR}" "${AVATAR_DIR}" "${JOB_DIR}" && chown app:app "${OV_CACHE_DIR}" "${AVATAR_DIR}" "${JOB_DIR}"
 COPY app.py gunicorn.conf.py ./
 COPY wav2lip_core/ wav2lip_core/
+COPY lipsync_server/ lipsync_server/
+COPY lipsync_stores/ lipsync_stores/
 COPY --from=convert /build/ir_models/ ir_models/
 USER app
 RUN opt_in_out --opt_out

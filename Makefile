@@ -60,8 +60,8 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 docs: install  ## docs/api.md and clients/node/api.d.ts from the OpenAPI document (tests fail when they are stale)
-	$(PY) -m wav2lip_core.openapi.markdown > docs/api.md
-	$(PY) -m wav2lip_core.openapi.typescript > clients/node/api.d.ts
+	$(PY) -m lipsync_server.openapi.markdown > docs/api.md
+	$(PY) -m lipsync_server.openapi.typescript > clients/node/api.d.ts
 
 bench: install  ## PyTorch eager vs OpenVINO vs the HTTP server; writes bench/results/latest.json
 	$(PY) -m bench.run

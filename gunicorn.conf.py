@@ -42,7 +42,7 @@ loglevel = _s.log_level
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "wav2lip_core.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "lipsync_server.logs.JsonFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {

@@ -40,7 +40,7 @@ from harness import ROOT
 from harness.clips import idle_clip
 from harness.gunicorn import Gunicorn
 from harness.jobs import http
-from wav2lip_core.memory import MB, private_bytes
+from lipsync_server.memory import MB, private_bytes
 
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 SAMPLE_S = 0.05

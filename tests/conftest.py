@@ -26,7 +26,7 @@ from harness.checkpoints import run_converter, write_checkpoints
 from harness.gunicorn import Gunicorn
 from harness.page import PAGE_ORIGIN
 from harness.redis import RedisServer
-from wav2lip_core.memory import trim
+from lipsync_server.memory import trim
 from wav2lip_core.runtime import BLAZEFACE, S3FD, Manifest
 
 NODE_PROJECT = Path(__file__).parent / "node"  # what the Node tests install: package.json + package-lock.json

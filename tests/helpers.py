@@ -36,7 +36,7 @@ def make_settings(models_dir: Path, **overrides: object) -> Settings:
 
 def loaded_app(settings: Settings):
     """A Flask app (in process) whose models are compiled and warm."""
-    from app import create_app
+    from lipsync_server.app import create_app
 
     app = create_app(settings)
     models = app.extensions["models"]

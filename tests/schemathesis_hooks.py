@@ -1,4 +1,4 @@
-"""Schemathesis hooks for tests/test_schemathesis.py (loaded by the CLI through SCHEMATHESIS_HOOKS).
+"""Schemathesis hooks for tests/e2e/test_schemathesis.py (loaded by the CLI through SCHEMATHESIS_HOOKS).
 
 Fuzzed media fields carry fuzzed bytes, which fail to decode (quickly). Half of the generated cases
 whose body has media fields get real media instead: the 192² test face, a 10-frame clip of it, 0.2 s

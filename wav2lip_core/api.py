@@ -5,7 +5,7 @@
     avatar = head.prepare_avatar("test_assets/astronaut.jpg")   # decode + face detection, once
     result = head.generate("test_assets/speech.wav", avatar, out="out.mp4")
 
-The server (`app.py`) and the CLI (`python -m wav2lip_core`) are thin layers over this class.
+The server (`lipsync_server/app.py`) and the CLI (`python -m wav2lip_core`) are thin layers over this class.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each setting is declared once, as a field whose metadata carries its variable, what it allows and a
 one-line doc: `Settings.from_env()` reads and checks every field from those declarations, and
-`markdown_table()` renders the README's table from them (tests/test_config.py compares the two).
+`markdown_table()` renders the README's table from them (tests/core/test_config.py compares the two).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 // A barge-in: `generateStream` aborted by its AbortSignal once the first chunk of the MP4 has come.
-// Run by tests/test_clients.py; uses the client as an application would (no dependencies).
+// Run by tests/e2e/test_clients.py; uses the client as an application would (no dependencies).
 //
 //   node stream_abort.mjs <base-url> <face image> <speech audio>
 //

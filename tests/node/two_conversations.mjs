@@ -1,5 +1,5 @@
 // Two conversations at once through one client module: two `generateStream` calls in flight together,
-// each read to its end. Run by tests/test_clients.py; uses the client as an application would.
+// each read to its end. Run by tests/e2e/test_clients.py; uses the client as an application would.
 //
 //   node two_conversations.mjs <base-url> <face image> <speech audio> <fps>
 //
