@@ -107,4 +107,10 @@ export interface Health {
   cost_model?: Record<string, unknown> | null;
   /** present when the generator weights are random */
   warning?: string;
+  /** stream admission (gate.Capacity): frames/s of a 512² still */
+  streams?: { streams: number; max_streams: number; load: number; limit: number; capacity_fps: number; demand_fps: number; };
+  /** the scheduler's line now */
+  scheduler?: { slots: number; computing: number; waiting: number; renders: number; };
+  /** the worker's memory budget (WORKER_MEMORY_MB) and its use, MB */
+  memory?: { budget_mb: number; private_mb: number; idle_private_mb: number; reserved_mb: number; running: number; };
 }

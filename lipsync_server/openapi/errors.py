@@ -24,7 +24,8 @@ from lipsync_server.web import http_code, unexpected_error
 from wav2lip_core.errors import BadRequest, LipSyncError
 from wav2lip_core.schema import Options
 
-PACKAGE = Path(__file__).resolve().parents[1]  # wav2lip_core/: the modules whose raise sites name codes
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("wav2lip_core", "lipsync_stores", "lipsync_server")  # the modules whose raise sites name codes
 Source = type[LipSyncError] | type[HTTPException]
 
 
@@ -57,7 +58,7 @@ def raised() -> dict[str, frozenset[tuple[int, str]]]:
     constructed, and its own default where it is constructed without one (or nowhere: raised by name only)."""
     classes = error_classes()
     found: dict[str, set[tuple[int, str]]] = {name: set() for name in classes}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             name = _called_name(node)
             if name in classes:

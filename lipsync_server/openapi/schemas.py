@@ -217,6 +217,11 @@ def health() -> Schema:
         "generator_weights": {"enum": ["real", "random"]}, "generator_split": {"type": "boolean"}, "precision": STRING,
         "batch_size": INT, "threads": INT, "cost_model": nullable({"type": "object"}),
         "warning": STRING | {"description": "present when the generator weights are random"},
+        "streams": obj({"streams": INT, "max_streams": INT, "load": NUMBER, "limit": NUMBER, "capacity_fps": NUMBER,
+                        "demand_fps": NUMBER}, doc="stream admission (gate.Capacity): frames/s of a 512² still"),
+        "scheduler": obj({"slots": INT, "computing": INT, "waiting": INT, "renders": INT}, doc="the scheduler's line now"),
+        "memory": obj({"budget_mb": NUMBER, "private_mb": NUMBER, "idle_private_mb": NUMBER, "reserved_mb": NUMBER,
+                       "running": INT}, doc="the worker's memory budget (WORKER_MEMORY_MB) and its use, MB"),
     }  # fmt: skip
     state = {"status": {"enum": ["ok", "loading", "error"]}, "pid": INT, "models_dir": STRING, "error": nullable(STRING)}
     return obj(state | info, required=["status", "pid", "models_dir"], doc="ok: compiled and warm; loading, or error with why")
