@@ -18,9 +18,11 @@ from wav2lip_core.errors import (
     BadRequest,
     Busy,
     DeadlineExceeded,
+    DiskFull,
     JobNotDone,
     JobNotFound,
     LimitExceeded,
+    MemoryBusy,
     ModelsMissing,
     NoFace,
     NotReady,
@@ -38,7 +40,8 @@ Response = dict[str, Any]
 BODY: tuple[Source, ...] = (BadRequest, PayloadTooLarge, UnsupportedMedia)  # read_body and its parsers
 READY: tuple[Source, ...] = (NotReady, ModelsMissing)  # serve.ready(): this worker's models
 STORE: tuple[Source, ...] = (StoreUnavailable,)  # avatars and jobs in Redis (REDIS_URL)
-RENDER: tuple[Source, ...] = (NoFace, LimitExceeded, Busy, DeadlineExceeded)  # decoding, detection, the gate, the deadline
+# decoding, detection, the gate, the memory budget, frame files on disk, the deadline
+RENDER: tuple[Source, ...] = (NoFace, LimitExceeded, Busy, MemoryBusy, DiskFull, DeadlineExceeded)
 MP4_HEADERS = {
     "X-Frames": "frames in the video",
     "X-Face-Box": "the first frame's face box: x1,y1,x2,y2",
@@ -139,7 +142,7 @@ OPERATIONS: dict[str, Op] = {
         "Submit an async job",
         "jobs",
         {202: json_answer("queued; `Location` is its status_url", "Job")},
-        (*BODY, *READY, *STORE, AvatarNotFound, UrlRefused, Busy),
+        (*BODY, *READY, *STORE, AvatarNotFound, UrlRefused, Busy, MemoryBusy, DiskFull),
         "Job",
         TO_JOB,
     ),
@@ -176,7 +179,7 @@ OPERATIONS: dict[str, Op] = {
         "Drop-in (D-ID style): submit a talk",
         "drop-in",
         {201: json_answer("the talk, to poll", "Talk")},
-        (*BODY, *READY, *STORE, UrlRefused, Busy),
+        (*BODY, *READY, *STORE, UrlRefused, Busy, MemoryBusy, DiskFull),
         "GenerateVideo",
         (*links_to("talk_id", "id", "compat.talk_status"), *TO_JOB),  # a talk id is a job id
     ),
