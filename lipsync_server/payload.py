@@ -148,7 +148,7 @@ class Body:
         value = self.values.get("avatar_id")
         if not self.given("avatar_id"):
             raise BadRequest("missing required field 'avatar_id'", code="missing_field")
-        if not isinstance(value, str) or not NAME.match(value):
+        if not isinstance(value, str) or not NAME.fullmatch(value):
             raise BadRequest(
                 f"avatar_id must be an id from POST /api/avatars or a name given to POST /cache-avatar (1–128 letters, digits, "
                 f"'-', '_', '.'), got {json.dumps(value)[:80]}",

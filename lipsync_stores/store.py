@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 MEDIA, META = "media", "meta.json"
 ALIASES, ALIAS_SUFFIX = "aliases", ".id"
 NEW, DELETED = ".new-", ".del-"  # a registration being written, a folder being removed
-NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")  # what may name an avatar: its id (hex) or an alias; never "." or ".."
+# What may name an avatar: its id (hex) or an alias; never "." or "..". Checked with fullmatch: Python's `$` also
+# matches before a final newline ("x\n"); the OpenAPI document publishes the pattern, where `$` is the end.
+NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,128}$")
 
 
 class Avatars(Protocol):
@@ -73,14 +75,14 @@ def check_id(avatar_id: str) -> str:
 
 
 def check_alias(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise BadRequest(f"an avatar name must match {NAME.pattern}, got {name[:80]!r}", code="invalid_field")
     return name
 
 
 def resolve_with(name: str, registered: Callable[[str], bool], alias_target: Callable[[str], str | None]) -> str:
     """Every store's `resolve`: a registered id is itself, else what the alias `name` names, else `name` as given."""
-    if not NAME.match(name) or (name.isalnum() and registered(name)):  # an unsafe name never reaches a path or a key
+    if not NAME.fullmatch(name) or (name.isalnum() and registered(name)):  # an unsafe name never reaches a path or a key
         return name
     return alias_target(name) or name
 

@@ -92,18 +92,27 @@ export interface Alive {
 /** ok: compiled and warm; loading, or error with why */
 export interface Health {
   status: "ok" | "loading" | "error";
+  /** the worker that answered */
   pid: number;
   models_dir: string;
+  /** why the models cannot load */
   error?: string | null;
+  /** OpenVINO version running */
   openvino?: string;
+  /** OpenVINO version that wrote the IR */
   converted_with_openvino?: string;
+  /** face detector: s3fd or blazeface */
   detector?: string;
   generator?: string;
+  /** random: an untrained generator (--random-init) */
   generator_weights?: "real" | "random";
+  /** face encoder run once per still avatar (SPLIT_GENERATOR) */
   generator_split?: boolean;
+  /** inference precision, e.g. bf16, f32, int8+bf16 */
   precision?: string;
   batch_size?: number;
   threads?: number;
+  /** estimate_seconds()'s model, once measured */
   cost_model?: Record<string, unknown> | null;
   /** present when the generator weights are random */
   warning?: string;

@@ -35,7 +35,7 @@ def type_text(schema: Doc) -> str:
         return " or ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     kind = schema.get("type", "any")
     if isinstance(kind, list):
-        return " or ".join(type_text({**schema, "type": k}) for k in kind)
+        return " or ".join("null" if k == "null" else type_text({**schema, "type": k}) for k in kind)
     if kind == "array":
         n, item = schema.get("minItems"), type_text(schema.get("items", {}))
         return f"[{item} ×{n}]" if n is not None and n == schema.get("maxItems") else f"array of {item}"
@@ -44,9 +44,14 @@ def type_text(schema: Doc) -> str:
     return kind + _detail(schema)
 
 
+def number(value: object) -> str:
+    """1048576 as itself, 60.0 as 60."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _detail(schema: Doc) -> str:
     if "minimum" in schema or "maximum" in schema:
-        return f" {schema.get('minimum', '…'):g}–{schema.get('maximum', '…'):g}"
+        return f" {number(schema.get('minimum', '…'))}–{number(schema.get('maximum', '…'))}"
     if schema.get("contentMediaType") == "application/octet-stream":
         return " (a file)"
     for key, shown in (("contentEncoding", "{}"), ("format", "{}"), ("pattern", "matching `{}`")):

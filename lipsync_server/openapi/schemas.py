@@ -212,16 +212,21 @@ def answers() -> dict[str, Schema]:
 
 def health() -> Schema:
     """The probe's answer: the worker's state, and once loaded its models (TalkingHead.info)."""
+    text = lambda doc: STRING | {"description": doc}
     info = {
-        "openvino": STRING, "converted_with_openvino": STRING, "detector": STRING, "generator": STRING,
-        "generator_weights": {"enum": ["real", "random"]}, "generator_split": {"type": "boolean"}, "precision": STRING,
-        "batch_size": INT, "threads": INT, "cost_model": nullable({"type": "object"}),
-        "warning": STRING | {"description": "present when the generator weights are random"},
+        "openvino": text("OpenVINO version running"), "converted_with_openvino": text("OpenVINO version that wrote the IR"),
+        "detector": text("face detector: s3fd or blazeface"), "generator": STRING,
+        "generator_weights": {"enum": ["real", "random"], "description": "random: an untrained generator (--random-init)"},
+        "generator_split": {"type": "boolean", "description": "face encoder run once per still avatar (SPLIT_GENERATOR)"},
+        "precision": text("inference precision, e.g. bf16, f32, int8+bf16"), "batch_size": INT, "threads": INT,
+        "cost_model": nullable({"type": "object", "description": "estimate_seconds()'s model, once measured"}),
+        "warning": text("present when the generator weights are random"),
         "streams": obj({"streams": INT, "max_streams": INT, "load": NUMBER, "limit": NUMBER, "capacity_fps": NUMBER,
                         "demand_fps": NUMBER}, doc="stream admission (gate.Capacity): frames/s of a 512² still"),
         "scheduler": obj({"slots": INT, "computing": INT, "waiting": INT, "renders": INT}, doc="the scheduler's line now"),
         "memory": obj({"budget_mb": NUMBER, "private_mb": NUMBER, "idle_private_mb": NUMBER, "reserved_mb": NUMBER,
                        "running": INT}, doc="the worker's memory budget (WORKER_MEMORY_MB) and its use, MB"),
     }  # fmt: skip
-    state = {"status": {"enum": ["ok", "loading", "error"]}, "pid": INT, "models_dir": STRING, "error": nullable(STRING)}
+    state = {"status": {"enum": ["ok", "loading", "error"]}, "pid": INT | {"description": "the worker that answered"},
+             "models_dir": STRING, "error": nullable(STRING) | {"description": "why the models cannot load"}}  # fmt: skip
     return obj(state | info, required=["status", "pid", "models_dir"], doc="ok: compiled and warm; loading, or error with why")

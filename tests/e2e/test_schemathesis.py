@@ -61,7 +61,8 @@ def test_every_operation_answers_as_documented(fuzzed_server: Gunicorn, tmp_path
     summary = json.loads(report.read_text())
     operations, cases = summary["operations"], summary["test_cases"]
     with urllib.request.urlopen(f"{fuzzed_server.url}/openapi.json") as resp:
-        documented = sum(len(methods) for methods in json.load(resp)["paths"].values())
+        paths = json.load(resp)["paths"]
+    documented = sum(len(methods) for path, methods in paths.items() if path != "/openapi.json")  # Schemathesis skips its source
     assert operations["tested"] == operations["total"] == documented and not operations["errored"], (operations, documented)
     done = renders(fuzzed_server)
     assert sum(done[p] for p in ("/api/generate", "/sync", "/v1/animation", "/v1/animation-with-cache")) > 0, done  # the hooks' media

@@ -17,8 +17,11 @@ from lipsync_server.app import create_app
 from lipsync_server.openapi.document import AUTOMATIC, document, path_of
 from lipsync_server.openapi.markdown import markdown
 from lipsync_server.openapi.operations import OPERATIONS
+from lipsync_server.payload import Body
 from lipsync_stores.jobs import STATUSES
+from lipsync_stores.store import check_alias
 from wav2lip_core.config import Settings
+from wav2lip_core.errors import BadRequest
 from wav2lip_core.schema import Options
 
 API_MD = ROOT / "docs" / "api.md"
@@ -94,6 +97,15 @@ def test_error_answers_carry_the_codes_raised_for_them(doc: dict) -> None:
     assert {"busy", "not_ready", "models_missing"} <= codes("503") and "Retry-After" in generate["503"]["headers"]
     assert "MAX_REQUEST_BYTES" in generate["413"]["description"]  # the setting behind the limit (config.Settings)
     assert "409" in doc["paths"]["/api/jobs/{job_id}/video"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("name", ["x\n", "..", ".", "a" * 129, "a/b", ""])
+def test_an_avatar_name_outside_the_documented_pattern_is_refused(name: str) -> None:
+    """store.NAME is published as the `avatar_id` pattern; the server holds names to it as ECMA-262 reads it."""
+    with pytest.raises(BadRequest, match="avatar"):
+        Body({"avatar_id": name}).avatar_id()
+    with pytest.raises(BadRequest, match="avatar name"):
+        check_alias(name)
 
 
 def test_docs_api_md_is_the_rendering_of_the_document() -> None:
