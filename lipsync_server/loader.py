@@ -16,7 +16,6 @@ from lipsync_stores.jobs import JobStore
 from wav2lip_core.api import TalkingHead
 from wav2lip_core.config import Settings
 from wav2lip_core.errors import ModelsMissing, NotReady
-from wav2lip_core.runtime import WEIGHTS_HINT
 
 from .memory import Budget
 from .registry import Registry
@@ -83,6 +82,6 @@ class Models:
         info: dict[str, object] = {"pid": os.getpid(), "models_dir": str(self.settings.models_dir)}
         if self.head is not None and self.registry is not None:
             info |= self.head.info() | {"memory": self.registry.budget.describe()}
-            if info["generator_weights"] == "random":
-                info["warning"] = f"generator weights are RANDOM (--random-init): output is not lip-sync; {WEIGHTS_HINT}"
+            if warnings := self.head.warnings():
+                info["warning"] = "; ".join(warnings)
         return info

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 Media = str | os.PathLike[str] | bytes | np.ndarray  # a file path, encoded bytes, or a BGR uint8 image array
 AudioIn = str | os.PathLike[str] | bytes | np.ndarray  # a file path, encoded bytes, or float samples at AUDIO_RATE
 AUDIO_RATE = A.SAMPLE_RATE  # the rate assumed for audio passed as an array (16 kHz, Wav2Lip's own)
+RANDOM_WEIGHTS = f"generator weights are RANDOM (--random-init): output is not lip-sync; {WEIGHTS_HINT}"
 
 
 class TalkingHead:
@@ -65,9 +66,10 @@ class TalkingHead:
         finder = FaceFinder(runtime.detector(), settings.detect_max_side, settings.face_cache_size)
         lipsync = LipSync(settings, runtime.still_generator(), runtime.clip_generator, finder)
         lipsync.warm_up()
-        if runtime.manifest.generator.weights == "random":
-            log.warning("the generator in %s has RANDOM weights (--random-init): mouths are noise; %s", settings.models_dir, WEIGHTS_HINT)
-        return cls(lipsync, runtime)
+        head = cls(lipsync, runtime)
+        for warning in head.warnings():
+            log.warning("%s: %s", settings.models_dir, warning)
+        return head
 
     @property
     def settings(self) -> Settings:
@@ -153,7 +155,14 @@ class TalkingHead:
             "batch_size": generator.batch,
             "threads": self.settings.threads(),
             "cost_model": self._cost.describe() if self._cost is not None else None,  # measured on first estimate_seconds()
+            "int8": self.runtime.int8.describe() if self.runtime.int8 is not None else None,  # PRECISION=int8: float blocks, drift, speed
         }
+
+    def warnings(self) -> list[str]:
+        """What to know before trusting the output: random weights; INT8 written with no floor and drifting past the default."""
+        int8 = self.runtime.int8
+        found = [RANDOM_WEIGHTS if self.runtime.manifest.generator.weights == "random" else None, int8.warning() if int8 else None]
+        return [w for w in found if w]
 
     def estimate_seconds(self, audio_seconds: float, width: int, height: int, fps: float = 25.0) -> float:
         """Predicted `generate` time for a still avatar of width×height and that much audio, on this machine."""

@@ -111,6 +111,12 @@ class DiskFull(LipSyncError):
     status, code = 507, "disk_full"
 
 
+class Int8FloorNotMet(CheckpointError):
+    """`--int8` found no mix of float blocks that meets the quality floor while beating bf16 enough: no INT8 files."""
+
+    code = "int8_floor_not_met"
+
+
 class StoreUnavailable(LipSyncError):
     """The shared store (Redis) cannot be reached; raised with a `retry_after`: the server recovers when it is back."""
 

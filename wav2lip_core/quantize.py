@@ -1,4 +1,4 @@
-"""The INT8 generator: NNCF post-training quantisation of the converted IR (conversion only: imports nncf).
+"""The INT8 generator's parts: calibration set, blocks, NNCF post-training quantisation, drift (conversion only: imports nncf).
 
     python convert_to_openvino.py --wav2lip checkpoints/wav2lip_gan.pth --int8      # then PRECISION=int8
 
@@ -7,10 +7,10 @@ in it (espeak-ng voices at several rates, `calibration/make.sh`) and face crops 
 `faces.json` names, each varied (mirrored, the box jittered, brighter or darker). The decoder (still
 avatars) is calibrated with the face features the float face encoder gives those crops; the whole
 network (video avatars) with the crops themselves. Blocks listed in `float_blocks` keep their float
-weights and activations (bf16 where the CPU has it): by default the audio encoder and the first two
-decoder blocks, the cheap parts whose error costs the most (`make bench` and the README give the
-measured curve). The drift of the result against the float IR is measured here on held-out speech
-and faces and written to the manifest.
+weights and activations, residual additions included (bf16 where the CPU has it): by default the audio
+encoder and the first two decoder blocks, the cheap parts whose error costs the most (`make bench-int8`
+and the README give the measured curve). `int8_floor.py` chooses the float blocks for a quality floor
+and writes the files.
 """
 
 from __future__ import annotations
@@ -26,15 +26,17 @@ import numpy as np
 import openvino as ov
 
 from . import audio as A
-from .compose import face_input, to_mouths
+from .compose import face_input
 from .errors import CheckpointError
-from .runtime import Int8Files
 
 FPS = 25.0
-BLOCK = re.compile(r"__module\.(?:net\.)?(audio_encoder|face_encoder_blocks\.\d+|face_decoder_blocks\.\d+|output_block)")
+MODULE_PATH = r"__module\.(?:net\.)?"  # how converted op names start: the PyTorch module path (`net.` in the split's wrappers)
+BLOCK = re.compile(MODULE_PATH + r"(audio_encoder|face_encoder_blocks\.\d+|face_decoder_blocks\.\d+|output_block)")
+CONVS = ("Convolution", "ConvolutionBackpropData")
 DEFAULT_FLOAT_BLOCKS = ("audio_encoder", "face_decoder_blocks.0", "face_decoder_blocks.1")
 CALIBRATION_ITEMS = 300  # NNCF's default subset: statistics of 300 (mel window, face) pairs
 HELD_OUT_ITEMS = 64  # pairs never seen by the calibration, for the drift figures
+HELD_OUT_GROUP = 8  # held-out mel windows run in one batch, with the face of the first: 8 faces, 8 inferences a measurement
 FACE_VARIANTS = 16  # per photo
 SPEECH_SUFFIXES = (".wav", ".ogg", ".flac", ".mp3")
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
@@ -102,7 +104,7 @@ def conv_blocks(model: ov.Model) -> dict[str, list[str]]:
     BatchNorm's Add that follows keeps the PyTorch module path."""
     blocks: dict[str, list[str]] = {}
     for op in model.get_ordered_ops():
-        if op.get_type_name() not in ("Convolution", "ConvolutionBackpropData"):
+        if op.get_type_name() not in CONVS:
             continue
         names = [op.get_friendly_name()] + [t.get_node().get_friendly_name() for t in op.output(0).get_target_inputs()]
         found = next((m.group(1) for m in map(BLOCK.search, names) if m), None)
@@ -110,6 +112,22 @@ def conv_blocks(model: ov.Model) -> dict[str, list[str]]:
             raise CheckpointError(f"convolution {op.get_friendly_name()} belongs to no known block of the generator", code="parity_failed")
         blocks.setdefault(found, []).append(op.get_friendly_name())
     return blocks
+
+
+def macs(op: ov.Node) -> int:
+    """Multiply-accumulates of one (transposed) convolution, from its static shapes."""
+    weights = list(op.input(1).get_shape())  # conv: (Cout, Cin, kh, kw); transposed: (Cin, Cout, kh, kw)
+    if op.get_type_name() == "Convolution":
+        return int(np.prod(list(op.output(0).get_shape())) * np.prod(weights[1:]))
+    return int(np.prod(list(op.input(0).get_shape())) * np.prod(weights[1:]))
+
+
+def decoder_block_macs(decoder: ov.Model) -> dict[str, int]:
+    """Multiply-accumulates per frame of each block of the split decoder (its convolutions at batch 1)."""
+    model = decoder.clone()
+    model.reshape({"mel": [1, 1, 80, 16]})
+    ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+    return {block: sum(macs(ops[n]) for n in names) for block, names in conv_blocks(model).items()}
 
 
 def quantized(model: ov.Model, samples: list[dict[str, np.ndarray]], float_blocks: tuple[str, ...]) -> ov.Model:
@@ -123,39 +141,20 @@ def quantized(model: ov.Model, samples: list[dict[str, np.ndarray]], float_block
     unknown = sorted(set(float_blocks) - set(blocks))
     if unknown:
         raise CheckpointError(f"unknown generator block(s) {unknown}; known: {sorted(blocks)}", code="bad_option")
-    ignored = nncf.IgnoredScope(names=[n for b in float_blocks for n in blocks[b]])
+    # a float block's convolutions by name (theirs are generated), its other ops (residual additions) by module path
+    patterns = [MODULE_PATH + re.escape(b) + r"[./]" for b in float_blocks]
+    ignored = nncf.IgnoredScope(names=[n for b in float_blocks for n in blocks[b]], patterns=patterns)
     dataset = nncf.Dataset(samples)
     return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=len(samples), ignored_scope=ignored)
 
 
-def quantize_generator(directory: Path, calibration_dir: Path, float_blocks: tuple[str, ...]) -> Int8Files:
-    """Write `wav2lip_int8.xml` and `wav2lip_decoder_int8.xml` beside the float IR in `directory`; measure the drift."""
-    calibration, held_out = load_calibration(calibration_dir, CALIBRATION_ITEMS + HELD_OUT_ITEMS).split(CALIBRATION_ITEMS)
-    core = ov.Core()
-    encoder = core.compile_model(directory / "wav2lip_face.xml", "CPU", F32)
-    whole_samples = [{"mel": m[None, None], "face": f[None]} for m, f in zip(calibration.mels, calibration.faces, strict=True)]
-    files = Int8Files("wav2lip_int8.xml", "wav2lip_decoder_int8.xml", list(float_blocks), calibration.source)
-    for name, source, samples in ((files.decoder, "wav2lip_decoder.xml", decoder_samples(encoder, calibration)),
-                                  (files.file, "wav2lip.xml", whole_samples)):  # fmt: skip
-        ov.save_model(quantized(core.read_model(directory / source), samples, float_blocks), directory / name)  # float parts FP16
-    held = decoder_samples(encoder, held_out)
-    files.drift_vs_f32 = drift(_outputs(core, directory / files.decoder, held), _outputs(core, directory / "wav2lip_decoder.xml", held))
-    return files
-
-
-def decoder_samples(encoder: ov.CompiledModel, pairs: Calibration) -> list[dict[str, np.ndarray]]:
-    """The split decoder's inputs for each pair: its mel window and the face encoder's features of its face."""
+def decoder_samples(encoder: ov.CompiledModel, pairs: Calibration, group: int = 1) -> list[dict[str, np.ndarray]]:
+    """The split decoder's inputs: `group` pairs' mel windows at a time, with the face encoder's features of the first one's face."""
     out = []
-    for mel, face in zip(pairs.mels, pairs.faces, strict=True):
-        feats = encoder({"face": face[None]})
-        out.append({"mel": mel[None, None]} | {p.get_any_name(): np.array(feats[p]) for p in encoder.outputs})
+    for i in range(0, len(pairs.mels), group):
+        feats = encoder({"face": pairs.faces[i][None]})
+        out.append({"mel": pairs.mels[i : i + group, None]} | {p.get_any_name(): np.array(feats[p]) for p in encoder.outputs})
     return out
-
-
-def _outputs(core: ov.Core, xml: Path, samples: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """The mouths (uint8, as served) an IR makes of `samples`, at f32."""
-    compiled = core.compile_model(xml, "CPU", F32)
-    return np.concatenate([to_mouths(compiled(s)[0]) for s in samples])
 
 
 def drift(got: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -30,6 +30,9 @@ GENERATOR, S3FD, BLAZEFACE = "wav2lip", "s3fd", "blazeface"  # the manifest's mo
 CONVERT_HINT = "python convert_to_openvino.py --random-init 0 --out {d}   (or: make models)"
 WEIGHTS_HINT = "for real lip-sync: make weights, then make serve again (README: Real weights)"  # after a RANDOM-generator warning
 INT8_HINT = "python convert_to_openvino.py --wav2lip CKPT --int8 --out {d}   (or: make models-int8)"
+# --int8's quality floor: held-out PSNR of the INT8 decoder's mouths against f32's. Every block INT8 gives 35.0 dB
+# on the random test network and its default float blocks 37–39 dB (README, Performance; bench/results/int8_curve.json).
+DEFAULT_FLOOR_DB = 35.0
 # Detectors run once per avatar: exactness over speed (f32, one stream).
 DETECTOR_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1}
 
@@ -46,11 +49,35 @@ class SplitFiles:
 class Int8Files:
     """The INT8 generator (`convert_to_openvino.py --int8`); the split's face encoder stays float: it runs once a request."""
 
-    file: str  # whole network (video avatars)
-    decoder: str  # split decoder (still avatars)
+    file: str = "wav2lip_int8.xml"  # whole network (video avatars)
+    decoder: str = "wav2lip_decoder_int8.xml"  # split decoder (still avatars)
     float_blocks: list[str] = field(default_factory=list)  # blocks left float (bf16 where the CPU has it)
     calibration: str = ""
     drift_vs_f32: dict[str, float] = field(default_factory=dict)  # decoder on held-out pairs, 0–255 crops
+    floor_db: float | None = None  # the held-out PSNR the float blocks were chosen to reach; None: --int8-floor none
+    speedup_vs_bf16: float | None = None  # the INT8 decoder against the float one at PRECISION=auto (bf16 where the CPU has it)
+    timing: str = ""  # how speedup_vs_bf16 was measured
+    curve: list[dict[str, object]] = field(default_factory=list)  # the search: each mix of float blocks tried, its drift and speed
+
+    def summary(self) -> str:
+        """Blocks kept float, drift against f32, floor and speed-up over bf16, in one line."""
+        d, floor = self.drift_vs_f32, "no floor" if self.floor_db is None else f"floor {self.floor_db:g} dB"
+        speed = f"{self.speedup_vs_bf16:.2f}× bf16" if self.speedup_vs_bf16 is not None else "speed-up not measured"
+        return (f"{', '.join(self.float_blocks) or 'no block'} float; vs f32 on held-out pairs: PSNR {d.get('psnr_db')} dB ({floor}), "
+                f"mean |diff| {d.get('mean_abs')}, max {d.get('max_abs')} (0–255); decoder {speed}")  # fmt: skip
+
+    def describe(self) -> dict[str, object]:
+        """What `/health` reports of the INT8 generator served."""
+        return {"float_blocks": self.float_blocks, "psnr_db": self.drift_vs_f32.get("psnr_db"),
+                "speedup_vs_bf16": self.speedup_vs_bf16, "floor_db": self.floor_db}  # fmt: skip
+
+    def warning(self) -> str | None:
+        """Why these files should not be served as they are: written with no floor, and drifting more than the default floor allows."""
+        psnr = self.drift_vs_f32.get("psnr_db")
+        if self.floor_db is not None or psnr is None or psnr >= DEFAULT_FLOOR_DB:
+            return None
+        return (f"the INT8 generator was written with --int8-floor none and drifts to PSNR {psnr} dB against f32 "
+                f"(under {DEFAULT_FLOOR_DB:g} dB): convert again without --int8-floor none, or serve PRECISION=auto")  # fmt: skip
 
 
 @dataclass

@@ -114,8 +114,10 @@ export interface Health {
   threads?: number;
   /** estimate_seconds()'s model, once measured */
   cost_model?: Record<string, unknown> | null;
-  /** present when the generator weights are random */
+  /** present when the generator weights are random, or the INT8 generator drifts past 35 dB unchecked */
   warning?: string;
+  /** PRECISION=int8: the blocks kept float, held-out PSNR vs f32, the floor chosen for, speed-up */
+  int8?: { float_blocks: Array<string>; psnr_db: number; floor_db: number | null; speedup_vs_bf16: number | null; } | null;
   /** stream admission (gate.Capacity): frames/s of a 512² still */
   streams?: { streams: number; max_streams: number; load: number; limit: number; capacity_fps: number; demand_fps: number; };
   /** the scheduler's line now */
