@@ -156,6 +156,10 @@ class Clips:
         return self._made(self.folder / "1080p-10s.mp4", 1920, 1080, 250)
 
     @cached_property
+    def hd20(self) -> Path:
+        return self._made(self.folder / "1080p-20s.mp4", 1920, 1080, 500, period=250)
+
+    @cached_property
     def hd120(self) -> Path:
         return self._made(self.folder / "1080p-120s.mp4", 1920, 1080, 3000, period=250)
 
