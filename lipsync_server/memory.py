@@ -8,8 +8,9 @@ frames, audio length) and compared with what is left of the budget: `503 memory_
 `Retry-After` when running work holds the memory now, `422 exceeds_memory_budget` when this
 request could never fit (the message says what to change). A job waits instead, as it waits for the
 cores, until the memory is free, it is cancelled, or its deadline passes. The estimate is a sum of measured parts
-(`make bench-memory`, bench/results/memory.json); the budget's default is a share of the machine's
-(or the container's) memory per worker (wav2lip_core/config.py).
+(`make bench-footprint`, bench/results/footprint.json: each kind of work's peak in process beside its
+estimate; `make bench-memory` for whole workloads through the server); the budget's default is a share
+of the machine's (or the container's) memory per worker (wav2lip_core/config.py).
 
 After large work glibc is asked to hand the freed heap back (`malloc_trim(0)`): it keeps what a
 thread's arena once held otherwise, and a worker would stay at its largest request's size.
@@ -33,7 +34,7 @@ from wav2lip_core.errors import LimitExceeded, MemoryBusy
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-# Each part measured in process on this machine, a render's peak private memory over the idle worker's (then rounded up):
+# Each part measured in process (bench/footprint.py): a render's peak private memory over the idle worker's, rounded up:
 RENDER_FIXED = 16 * MB  # a render's own besides frames: the encoders' state, mel windows, bookkeeping (measured 3–5 MB)
 FRAME_BUFFERS = 12.0  # frame-sized (w × h × 3) buffers a render holds: the pasted copy, I420, x264's pictures (measured 11)
 DECODER_BUFFERS = 8.0  # frame-sized buffers per open video decoder: its reference frames, BGR conversion (measured 7–7.7)

@@ -8,6 +8,8 @@ import base64
 import errno
 import io
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -112,6 +114,26 @@ def test_frame_files_missing_or_cut_short_are_built_again_on_first_use(
         assert generate(app, body) == before
     assert any("building them from its upload" in r.getMessage() for r in caplog.records)
     assert (folder / frames.FRAMES).read_bytes() == good and not list(folder.parent.glob(f"{frames.STAGE_PREFIX}*"))
+
+
+def test_two_builders_at_once_leave_one_good_file(app, clips: list[bytes]) -> None:
+    """Two requests find no frame files at the same time: both build them and rename them into place; one good copy stays."""
+    registry = app.extensions["models"].registry
+    ident = register(app, clips[0])["avatar_id"]
+    folder = folder_of(app, ident)
+    good = (folder / frames.FRAMES).read_bytes()
+    for name in (frames.FRAMES, frames.FACES):
+        (folder / name).unlink()
+    start = threading.Barrier(2)
+
+    def restore(_: int) -> np.ndarray:
+        start.wait()
+        return registry._restore(ident)[0].frames
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(np.array_equal(f, decoded(clips[0])) for f in pool.map(restore, range(2)))
+    assert (folder / frames.FRAMES).read_bytes() == good and not list(folder.parent.glob(f"{frames.STAGE_PREFIX}*"))
+    assert frames.open_mapped(folder, (CLIP_FRAMES, 240, 320)) is not None
 
 
 def test_eviction_and_deletion_remove_frame_files(app, clips: list[bytes]) -> None:
