@@ -8,7 +8,8 @@ serves SEEDED/wav2lip.pth as every hf:// generator file of the default sources (
 asks: HEAD and GET on /{repo}/resolve/{revision}/{file}, read for ETag, X-Repo-Commit, Content-Length,
 Range) and SEEDED/s3fd.pth as a plain URL /files/s3fd-<its sha256's first digits>.pth (the torch.hub
 naming `make weights` checks), writes SEEDED/sources.txt (those sources with the seeded files' sizes and
-digests: the published ones would rightly refuse them) and prints the environment for `make weights`.
+digests: the published ones would rightly refuse them) and prints the environment for `make weights`
+(with HF_HOME in SEEDED: the seeded files stay out of your own Hub cache).
 """
 
 from __future__ import annotations
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     standin.routes.update(routes)
     (args.seeded / "sources.txt").write_text(listed.format())
     print(f"serving {len(routes)} files on {standin.url}; for make weights:", flush=True)
-    print(f"  HF_ENDPOINT={standin.url} {SOURCES_ENV}=@{(args.seeded / 'sources.txt').resolve()} {ACCEPT_ENV}=1", flush=True)
+    # its own Hub cache: the seeded files must never sit in the user's cache under the real repositories' names
+    hf_home = (args.seeded / "hf-home").resolve()
+    print(f"  HF_ENDPOINT={standin.url} HF_HOME={hf_home} {SOURCES_ENV}=@{(args.seeded / 'sources.txt').resolve()} {ACCEPT_ENV}=1",
+          flush=True)  # fmt: skip
     try:
         standin.httpd.serve_forever(poll_interval=0.05)
     except KeyboardInterrupt:
