@@ -129,15 +129,29 @@ def worker_state(pid: int) -> dict[str, float]:
     return {"threads": threads, "fds": len(os.listdir(f"/proc/{pid}/fd")), "rss_mb": round(memory_mb(pid)["rss_mb"], 1)}
 
 
+class StreamRefused(RuntimeError):
+    """A stream answered with another status than 200 (`503 busy` while earlier streams still hold the worker)."""
+
+    def __init__(self, head: bytes):
+        super().__init__(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        found = re.search(rb"Retry-After: (\d+)", head, re.IGNORECASE)
+        self.retry_after = int(found.group(1)) if found else None
+
+
 def abort_after_first_fragment(port: int, payload: bytes) -> str:
-    """Open a stream on a raw socket, read until its first media fragment, close: the request id."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    """Open a stream on a raw socket, read until its first media fragment, close: the request id.
+    StreamRefused when it is not answered 200; ConnectionError when the server closes it before that fragment."""
     head = f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    sock.sendall(head.encode() + payload)
-    data = b""
-    while b"\r\n\r\n" not in data or not first_fragment_end(_dechunk(data.split(b"\r\n\r\n", 1)[1])):
-        data += sock.recv(1 << 16)
-    sock.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head.encode() + payload)
+        data = b""
+        while b"\r\n\r\n" not in data or not first_fragment_end(_dechunk(data.split(b"\r\n\r\n", 1)[1])):
+            if b"\r\n\r\n" in data and not data.startswith(b"HTTP/1.1 200"):
+                raise StreamRefused(data)
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError(f"the server closed the stream before its first fragment: {data[:300]!r}")
+            data += chunk
     return re.search(rb"X-Request-ID: (\S+)", data, re.IGNORECASE).group(1).decode()
 
 
