@@ -42,7 +42,9 @@ class SqliteJobs:
     """Jobs of one machine: rows in `root/jobs.sqlite3`, inputs in `root/inputs/<id>/`, results in `root/results/`."""
 
     def __init__(self, root: Path, lease_s: float, ttl_s: float):
-        self.root, self.lease_s, self.ttl_s = root, lease_s, ttl_s
+        # absolute once: a relative JOB_DIR (the default) means the folder the server started in, and Flask's
+        # send_file would read a relative path against the app's package instead
+        self.root, self.lease_s, self.ttl_s = root.absolute(), lease_s, ttl_s
         self._local = threading.local()  # a connection per thread: sqlite3 connections are not shared
         self._swept = 0.0
 

@@ -327,3 +327,20 @@ def test_a_dubbing_job_runs_a_video_straight_through(machine: Gunicorn) -> None:
     assert (decoded.width, decoded.height, len(decoded.frames)) == (160, 120, 2 * FPS)
     status, _, data = http("GET", f"{machine.url}/talk-status/{'f' * 32}")
     assert status == 404 and json.loads(data)["error"]["code"] == "job_not_found"
+
+
+def test_a_relative_job_dir_serves_its_videos(ir_blazeface: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make serve`'s defaults: JOB_DIR `jobs`, relative to the folder the server runs in (not to the app's package)."""
+    monkeypatch.chdir(tmp_path)
+    app = loaded_app(make_settings(ir_blazeface, job_dir=Path("jobs"), avatar_dir=Path("avatars"), job_workers=1))
+    try:
+        client = app.test_client()
+        job = client.post("/api/jobs", json=short_body(0.2)).get_json()
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/jobs/{job['id']}").get_json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        video = client.get(f"/api/jobs/{job['id']}/video")
+        assert video.status_code == 200 and video.data[4:8] == b"ftyp" and (tmp_path / "jobs" / "results").is_dir()
+    finally:
+        app.extensions["models"].runner.close()
